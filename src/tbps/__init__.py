@@ -1,0 +1,3 @@
+"""tbps: train, evaluate and deploy Text-Based Person Search models."""
+
+__version__ = "0.1.0"

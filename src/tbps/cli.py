@@ -1,0 +1,187 @@
+"""`tbps <verb> key=value ...`: the command line (Hydra overrides on the packaged config tree)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+from tbps import __version__
+from tbps.errors import ConfigError, TBPSError
+
+log = logging.getLogger("tbps")
+
+USAGE = f"""tbps {__version__}: Text-Based Person Search
+
+usage: tbps <command> [key=value ...] [--cfg job]
+
+commands:
+  train               train, validate every epoch, test best and last (default: synthetic data)
+  eval                evaluate a checkpoint: tbps eval ckpt_path=RUN/checkpoints/best.ckpt
+  data synth          write the synthetic dataset: tbps data synth out=DIR [num_identities=N seed=S]
+
+options:
+  key=value           Hydra override, e.g. trainer.max_epochs=5 backbone=scratch_tiny debug=fast
+  --cfg job           print the composed config and exit
+  -h, --help          this help; --version prints the version
+"""
+
+# verb -> (primary config name, runner import path)
+VERBS: dict[str, str] = {"train": "train", "eval": "eval", "data synth": "synth"}
+
+
+class _DropAdverts(logging.Filter):
+    """Drop Lightning's product tips from the run log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def _setup_logging() -> None:
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    logging.getLogger().setLevel(logging.INFO)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _valid_keys_hint(config_name: str, overrides: Sequence[str], key: str) -> str:
+    """``valid keys under 'x': a, b, c`` for an unknown override key (best effort)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import DictConfig, OmegaConf
+
+    others = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(key)]
+    try:
+        with initialize_config_module("tbps.configs", version_base="1.3"):
+            cfg = compose(config_name, overrides=others)
+    except Exception:  # noqa: BLE001 - only a hint
+        return ""
+    parent, _, _ = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return f" ({parent!r} is not a config section)" if parent else ""
+    where = f"under {parent!r}" if parent else "at the top level"
+    return f"; valid keys {where}: {', '.join(sorted(str(k) for k in node))}"
+
+
+def compose_config(config_name: str, overrides: Sequence[str]):
+    """Compose a packaged primary config with overrides; errors become one-line ConfigErrors."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_module("tbps.configs", version_base="1.3"):
+            return compose(config_name, overrides=list(overrides))
+    except HydraException as e:
+        message = str(e).split("\nConfig search path:")[0].strip()
+        match = re.search(r"Could not override '([^']+)'", message)
+        if match:
+            key = match.group(1)
+            raise ConfigError(
+                f"unknown config key {key!r}{_valid_keys_hint(config_name, overrides, key)}"
+            ) from e
+        missing = re.search(r"Could not find '([^']+)/([^'/]+)'", message)
+        if missing:
+            group, option = missing.groups()
+            options = re.findall(r"^\t(\S+)$", message, flags=re.M)
+            raise ConfigError(
+                f"unknown option {option!r} for config group {group!r}; valid: {', '.join(options)}"
+            ) from e
+        raise ConfigError(re.sub(r"\s*\n\s*", " ", message)) from e
+
+
+def _check_required(cfg, keys: Sequence[str], example: str) -> None:
+    from omegaconf import OmegaConf
+
+    for key in keys:
+        if OmegaConf.is_missing(cfg, key):
+            raise ConfigError(f"{key} is required: {example}")
+
+
+def _train(cfg) -> None:
+    from tbps.training.run import run_training
+
+    run_training(cfg)
+
+
+def _eval(cfg) -> None:
+    from tbps.evaluation.run import run_evaluation
+
+    _check_required(cfg, ["ckpt_path"], "tbps eval ckpt_path=RUN_DIR/checkpoints/best.ckpt")
+    run_evaluation(cfg)
+
+
+def _synth(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from tbps.data.synthetic import SynthConfig, generate_synthetic_dataset
+
+    _check_required(cfg, ["out"], "tbps data synth out=DIR")
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    out = settings.pop("out")
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+    try:
+        config = SynthConfig(**settings)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid synthetic dataset setting: {e}") from e
+    summary = generate_synthetic_dataset(out, config)
+    for split in ("train", "val", "test"):
+        s = summary[split]
+        print(f"{split:<6} {s['ids']:>6} ids {s['images']:>7} images {s['captions']:>7} captions")
+    print(f"written to {out} in {summary['seconds']:.1f} s")
+
+
+RUNNERS: dict[str, Callable] = {"train": _train, "eval": _eval, "data synth": _synth}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if args[0] == "--version":
+        print(__version__)
+        return 0
+    verb = args.pop(0)
+    if verb == "data":
+        sub = args.pop(0) if args else ""
+        verb = f"data {sub}"
+    if verb not in VERBS:
+        print(
+            f"tbps: unknown command {verb!r}; valid: {', '.join(VERBS)}\n\n{USAGE}", file=sys.stderr
+        )
+        return 2
+    print_cfg = None
+    if "--cfg" in args:
+        i = args.index("--cfg")
+        print_cfg = args[i + 1] if i + 1 < len(args) else "job"
+        del args[i : i + 2]
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    _setup_logging()
+    try:
+        cfg = compose_config(VERBS[verb], args)
+        if print_cfg is not None:
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(cfg, resolve=print_cfg == "resolved"))
+            return 0
+        RUNNERS[verb](cfg)
+    except TBPSError as e:
+        print(f"tbps {verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tbps {verb}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

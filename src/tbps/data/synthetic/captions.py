@@ -1,0 +1,46 @@
+"""``make_captions`` (attributes -> language-neutral plan -> EN/VI phrasebooks) and ``tokenize``."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from tbps.data.synthetic.attributes import Person, Shot
+from tbps.data.synthetic.caption_plan import _plan_caption
+from tbps.data.synthetic.captions_en import _English
+from tbps.data.synthetic.captions_vi import _Vietnamese
+from tbps.data.synthetic.common import _SALT_CAPTION, _SALT_EN, _SALT_VI
+
+_TOKEN_RE = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*")
+
+
+def tokenize(caption: str) -> list[str]:
+    """Lower-cased word tokens (the ``processed_tokens`` of CUHK-PEDES)."""
+    return _TOKEN_RE.findall(caption.lower())
+
+
+def make_captions(
+    person: Person, shot: Shot, n: int, seed: int, index: int, vietnamese: bool = False
+) -> tuple[list[str], list[str]]:
+    """``n`` distinct English captions (and parallel Vietnamese ones if asked) for one image."""
+    key = (seed, person.pid, index)
+    plan_rng = np.random.default_rng([key[0], _SALT_CAPTION, key[1], key[2]])
+    en_rng = np.random.default_rng([key[0], _SALT_EN, key[1], key[2]])
+    vi_rng = np.random.default_rng([key[0], _SALT_VI, key[1], key[2]])
+    en: list[str] = []
+    vi: list[str] = []
+    for _ in range(60 * n):
+        plan = _plan_caption(person, shot, plan_rng)
+        e = _English(person, shot, en_rng).render(plan)
+        v = _Vietnamese(person, shot, vi_rng).render(plan) if vietnamese else ""
+        if e in en or (vietnamese and v in vi):
+            continue
+        en.append(e)
+        vi.append(v)
+        if len(en) == n:
+            break
+    while len(en) < n:  # practically unreachable: the phrasebooks give far more variants
+        en.append(en[len(en) % max(1, len(en))])
+        vi.append(vi[len(vi) % max(1, len(vi))])
+    return en, vi

@@ -1,0 +1,109 @@
+"""retrieval_metrics against a brute-force per-query reference."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tbps.evaluation import metrics as metrics_module
+from tbps.evaluation.metrics import retrieval_metrics
+
+
+def reference_metrics(sim: np.ndarray, qp: np.ndarray, gp: np.ndarray, ks=(1, 5, 10)) -> dict:
+    """Straight transcription of the definitions: one query at a time, stable sort."""
+    hits = {k: [] for k in ks}
+    aps, inps, excluded = [], [], 0
+    for q in range(sim.shape[0]):
+        order = sorted(range(sim.shape[1]), key=lambda j: (-float(sim[q, j]), j))
+        rel = [1 if gp[j] == qp[q] else 0 for j in order]
+        n = sum(rel)
+        if n == 0:
+            excluded += 1
+            continue
+        for k in ks:
+            hits[k].append(1.0 if any(rel[:k]) else 0.0)
+        found, ap = 0, 0.0
+        for rank, r in enumerate(rel, start=1):
+            if r:
+                found += 1
+                ap += found / rank
+                last = rank
+        aps.append(ap / n)
+        inps.append(n / last)
+    out = {f"R{k}": 100 * float(np.mean(hits[k])) for k in ks}
+    out.update(mAP=100 * float(np.mean(aps)), mINP=100 * float(np.mean(inps)))
+    out.update(num_queries=len(aps), num_excluded=excluded)
+    return out
+
+
+def assert_close(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_reference_with_ties_and_unmatched_queries(seed):
+    rng = np.random.default_rng(seed)
+    q, g = rng.integers(1, 40), rng.integers(1, 60)
+    gp = rng.integers(0, 8, size=g)
+    qp = rng.integers(0, 10, size=q)  # pids 8, 9 never appear in the gallery
+    # Coarse values -> many exact ties, including ties between positives and negatives.
+    sim = rng.integers(-3, 4, size=(q, g)).astype(np.float32) / 3
+    got = retrieval_metrics(torch.from_numpy(sim), qp, gp)
+    assert_close(got, reference_metrics(sim, qp, gp))
+
+
+def test_sort_path_and_small_chunks_agree_with_reference(monkeypatch):
+    rng = np.random.default_rng(7)
+    gp = rng.integers(0, 3, size=90)  # ~30 positives per query -> the sorting path
+    qp = rng.integers(0, 4, size=50)
+    sim = rng.normal(size=(50, 90)).astype(np.float32)
+    sim[:, ::7] = 0.25  # ties
+    want = reference_metrics(sim, qp, gp)
+    assert_close(retrieval_metrics(sim, qp, gp), want)
+    monkeypatch.setattr(metrics_module, "_CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(metrics_module, "_MAX_POSITIVES_FOR_COUNTING", 1)
+    assert_close(retrieval_metrics(sim, qp, gp), want)
+
+
+def test_ties_are_broken_by_gallery_index():
+    sim = np.zeros((2, 4), dtype=np.float32)  # everything tied
+    gp = np.array([5, 7, 7, 5])
+    got = retrieval_metrics(sim, np.array([7, 5]), gp, ks=(1, 2))
+    # query pid 7: ranks 2, 3 -> AP = (1/2 + 2/3)/2 ; pid 5: ranks 1, 4 -> AP = (1 + 2/4)/2
+    assert got["R1"] == pytest.approx(50.0)
+    assert got["R2"] == pytest.approx(100.0)
+    assert got["mAP"] == pytest.approx(100 * ((1 / 2 + 2 / 3) / 2 + (1 + 2 / 4) / 2) / 2)
+    assert got["mINP"] == pytest.approx(100 * (2 / 3 + 2 / 4) / 2)
+
+
+def test_negative_zero_ties_with_positive_zero():
+    sim = torch.tensor([[0.0, -0.0]])
+    assert retrieval_metrics(sim, [1], [2, 1])["R1"] == 0.0
+    assert retrieval_metrics(sim, [1], [1, 2])["R1"] == 100.0
+
+
+def test_perfect_and_worst_ranking():
+    sim = torch.eye(5)
+    pids = torch.arange(5)
+    got = retrieval_metrics(sim, pids, pids)
+    assert got["R1"] == got["mAP"] == got["mINP"] == 100.0
+    got = retrieval_metrics(-torch.eye(5), pids, pids, ks=(1, 5))
+    assert got["R1"] == 0.0 and got["R5"] == 100.0 and got["mAP"] == pytest.approx(20.0)
+
+
+def test_all_queries_unmatched_gives_nan_not_crash():
+    got = retrieval_metrics(torch.rand(3, 4), [9, 9, 9], [1, 2, 3, 4])
+    assert got["num_queries"] == 0 and got["num_excluded"] == 3
+    assert math.isnan(got["R1"])
+
+
+def test_bad_shapes_and_values_are_rejected():
+    with pytest.raises(ValueError, match="does not match"):
+        retrieval_metrics(torch.rand(3, 4), [1, 2], [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics(torch.tensor([[float("nan")]]), [1], [1])
+    with pytest.raises(ValueError, match="2-D"):
+        retrieval_metrics(torch.rand(3), [1, 2, 3], [1, 2, 3])
