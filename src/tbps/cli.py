@@ -137,6 +137,15 @@ def _synth(cfg) -> None:
     print(f"written to {out} in {summary['seconds']:.1f} s")
 
 
+def _one_line(error: Exception) -> str:
+    """The user-facing message; errors re-raised from DataLoader workers carry a traceback."""
+    message = str(error)
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        last = [line for line in message.splitlines() if line.strip()][-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return message
+
+
 RUNNERS: dict[str, Callable] = {"train": _train, "eval": _eval, "data synth": _synth}
 
 
@@ -175,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         RUNNERS[verb](cfg)
     except TBPSError as e:
-        print(f"tbps {verb}: error: {e}", file=sys.stderr)
+        print(f"tbps {verb}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tbps {verb}: interrupted", file=sys.stderr)

@@ -87,3 +87,26 @@ def test_errors_are_one_clear_line(tmp_path, monkeypatch, capsys):
     assert main(["train", "--cfg", "job", "trainer.max_epochs=3"]) == 0
     assert "max_epochs: 3" in capsys.readouterr().out
     assert main(["trian"]) == 2
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_stops_training_naming_the_file(tmp_path, monkeypatch, capsys, workers):
+    from fixtures import write_cuhk_fixture
+
+    records = write_cuhk_fixture(tmp_path / "data", {"train": 8, "val": 2, "test": 2})
+    bad = tmp_path / "data" / "imgs" / records[3]["file_path"]
+    bad.write_bytes(b"\xff\xd8 truncated jpeg")
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "train",
+        "data=cuhk_pedes",
+        f"data.root={tmp_path / 'data'}",
+        "backbone=scratch_tiny",
+        "loader.batch_size=8",
+        "trainer.max_epochs=1",
+        f"loader.num_workers={workers}",
+        "trainer.enable_progress_bar=false",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("tbps train: error: cannot read image") and str(bad) in err

@@ -140,3 +140,38 @@ def _plain_clip():
             ),
         )
     )
+
+
+def test_vit_b16_patch_layout_at_384x128():
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            projection_dim=16,
+            eos_token_id=4,
+            bos_token_id=3,
+            pad_token_id=0,
+            vocab_size=50,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=224,
+            patch_size=16,
+            projection_dim=16,
+        ),
+        projection_dim=16,
+    )
+    clip = CLIPModel(config)
+    square = clip.vision_model.embeddings.position_embedding.weight.detach().clone()
+    model = TBPSModel(set_image_size(clip, (384, 128))).eval()
+    table = model.backbone.vision_model.embeddings.position_embedding.weight
+    assert table.shape == (1 + 24 * 8, 32) and torch.equal(table[0], square[0])
+    assert torch.allclose(table[1:], resize_vision_positions(square, (14, 14), (24, 8))[1:])
+    assert model.encode_image(torch.randn(2, 3, 384, 128)).shape == (2, 16)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,15 @@ from tbps.model.backbone import NonSquareCLIPVisionEmbeddings, build_clip
 MODEL_FILE = "model.safetensors"
 SPEC_FILE = "tbps_model.json"
 MAX_LOGIT_SCALE = 100.0
+
+
+@dataclass
+class TowerOutput:
+    """One tower's output: projected pooled embedding (B, D), unnormalised, and optionally the
+    last hidden states (B, N, width) that token-level heads (MLM, token selection) use."""
+
+    embeds: torch.Tensor
+    tokens: torch.Tensor | None = None
 
 
 class TBPSModel(nn.Module):

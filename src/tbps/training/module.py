@@ -27,6 +27,7 @@ class TBPSLightningModule(L.LightningModule):
         self,
         model_spec: dict[str, Any],
         objectives: dict[str, float],
+        num_classes: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.98),

@@ -126,9 +126,11 @@ def _run(
         on_bad_image=cfg.data.on_bad_image,
         seed=cfg.seed,
     )
+    datamodule.build_train()  # fixes num_classes (train pids remapped to 0..N-1)
     module = TBPSLightningModule(
         model_spec=spec,
         objectives=weights,
+        num_classes=datamodule.num_classes,
         lr=cfg.optim.lr,
         weight_decay=cfg.optim.weight_decay,
         betas=tuple(cfg.optim.betas),
