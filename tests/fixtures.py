@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +62,80 @@ def write_cuhk_fixture(
             pid += 1
     (root / "reid_raw.json").write_text(json.dumps(records))
     return records
+
+
+#: a Vietnamese caption in decomposed form (NFD), as some annotation files store it
+VI_CAPTION_NFD = unicodedata.normalize("NFD", "Người phụ nữ mặc áo đỏ và quần xanh")
+
+
+def _save_image(path: Path, pid: int, k: int) -> None:
+    names = list(COLOURS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    person_image(names[pid % 4], names[(pid // 4 + 1 + pid) % 4], seed=pid * 10 + k).save(path)
+
+
+def write_family_fixture(
+    root: Path,
+    fmt: str,
+    ids_per_split: dict[str, list[int]],
+    images_per_id: int = 2,
+) -> list[dict]:
+    """A dataset folder in the native layout of ``fmt`` (icfg_pedes, rstpreid or vn3k).
+
+    ``ids_per_split`` maps the file's split names to raw person ids (gaps allowed). ICFG-PEDES:
+    ``ICFG-PEDES.json``, one caption per image, nested folders. RSTPReid: ``data_captions.json``
+    with flat ``img_path`` names, two captions. VN3K: ``data_captions.json`` with Vietnamese
+    ``captions`` (one decomposed, NFD) and English ``en_captions``. Returns the records.
+    """
+    records = []
+    for split, pids in ids_per_split.items():
+        for pid in pids:
+            for k in range(images_per_id):
+                en = [f"A walker number {pid} in view {k}.", f"Pedestrian {pid}, photo {k}"]
+                if fmt == "rstpreid":
+                    rel = f"{pid:04d}_c{k}_{split}.jpg"
+                    rec = {"id": pid, "img_path": rel, "captions": en, "split": split}
+                elif fmt == "icfg_pedes":
+                    rel = f"{split}/{pid:04d}/{pid:04d}_{k}.jpg"
+                    rec = {"split": split, "id": pid, "file_path": rel, "captions": en[:1]}
+                    rec["processed_tokens"] = [en[0].lower().split()]
+                elif fmt == "vn3k":
+                    rel = f"{split}/{pid}/{k}.jpg"
+                    vi = [VI_CAPTION_NFD + f" số {pid}", f"Người đi bộ {pid} ảnh {k}"]
+                    rec = {"split": split, "id": pid, "file_path": rel, "captions": vi}
+                    rec["en_captions"] = en
+                else:
+                    raise ValueError(fmt)
+                _save_image(root / "imgs" / rel, pid, k)
+                records.append(rec)
+    name = {"icfg_pedes": "ICFG-PEDES.json"}.get(fmt, "data_captions.json")
+    (root / name).write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return records
+
+
+def write_generic_fixture(
+    root: Path, kind: str = "csv", ids_per_split: dict[str, list[int]] | None = None
+) -> list[dict]:
+    """Custom data in the generic format: ``annotations.csv`` (one caption per row) or
+    ``annotations.json`` (records with a ``captions`` list); images under nested ``imgs/``."""
+    ids_per_split = ids_per_split or {"train": [3, 7, 8, 12], "val": [20], "test": [31, 40]}
+    rows = []
+    for split, pids in ids_per_split.items():
+        for pid in pids:
+            for k in range(2):
+                rel = f"cam{k}/person_{pid}/{k}.png"
+                _save_image(root / "imgs" / rel, pid, k)
+                captions = [f"Person {pid}, shot {k}, in a coat", f"Ảnh {k} của người {pid}"]
+                rows.append(
+                    {"image_path": rel, "person_id": pid, "split": split, "captions": captions}
+                )
+    if kind == "csv":
+        with open(root / "annotations.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image_path", "person_id", "caption", "split"])
+            for r in rows:
+                for caption in r["captions"]:
+                    writer.writerow([r["image_path"], r["person_id"], caption, r["split"]])
+    else:
+        (root / "annotations.json").write_text(json.dumps(rows, ensure_ascii=False), "utf-8")
+    return rows

@@ -21,7 +21,10 @@ usage: tbps <command> [key=value ...] [--cfg job]
 commands:
   train               train, validate every epoch, test best and last (default: synthetic data)
   eval                evaluate a checkpoint: tbps eval ckpt_path=RUN/checkpoints/best.ckpt
+  convert             OpenAI / open_clip CLIP checkpoint -> HF folder: tbps convert src=FILE out=DIR
   data synth          write the synthetic dataset: tbps data synth out=DIR [num_identities=N seed=S]
+  data stats          per-split counts: tbps data stats data=NAME data.root=DIR [format=json]
+  data check          scan for bad images/captions: tbps data check data=NAME data.root=DIR
 
 options:
   key=value           Hydra override, e.g. trainer.max_epochs=5 backbone=scratch_tiny debug=fast
@@ -30,7 +33,14 @@ options:
 """
 
 # verb -> (primary config name, runner import path)
-VERBS: dict[str, str] = {"train": "train", "eval": "eval", "data synth": "synth"}
+VERBS: dict[str, str] = {
+    "train": "train",
+    "eval": "eval",
+    "data synth": "synth",
+    "convert": "convert",
+    "data stats": "stats",
+    "data check": "check",
+}
 
 
 class _DropAdverts(logging.Filter):
@@ -43,8 +53,11 @@ class _DropAdverts(logging.Filter):
 def _setup_logging() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+    for old in [h for h in log.handlers if getattr(h, "tbps_cli", False)]:
+        log.removeHandler(old)  # main() called again in one process (tests): one handler
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    handler.tbps_cli = True  # type: ignore[attr-defined]
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     logging.getLogger().setLevel(logging.INFO)
@@ -137,6 +150,77 @@ def _synth(cfg) -> None:
     print(f"written to {out} in {summary['seconds']:.1f} s")
 
 
+def _load_dataset(cfg, on_bad_caption: str | None = None):
+    from omegaconf import OmegaConf
+
+    from tbps.data.sources import load_dataset_section
+
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    if on_bad_caption:
+        data["on_bad_caption"] = on_bad_caption
+    return load_dataset_section(data, cfg.cache_dir, progress=sys.stderr.isatty())
+
+
+def _check_format(cfg) -> None:
+    if cfg.format not in ("table", "json"):
+        raise ConfigError(f"format={cfg.format!r}; valid: table, json")
+
+
+def _stats(cfg) -> None:
+    import json
+
+    from tbps.data.stats import dataset_stats, format_stats_table
+
+    _check_format(cfg)
+    dataset = _load_dataset(cfg)
+    stats = dataset_stats(dataset)
+    if cfg.format == "json":
+        print(json.dumps(stats, indent=2))
+        return
+    print(f"{dataset.name}: {dataset.root}")
+    for note in dataset.notes:
+        print(f"note: {note}")
+    print(format_stats_table(stats))
+
+
+def _check(cfg) -> int:
+    import json
+
+    from tbps.data.checks import check_dataset
+
+    _check_format(cfg)
+    dataset = _load_dataset(cfg, on_bad_caption="skip")  # count empty captions, don't stop
+    report = check_dataset(
+        dataset,
+        check_images=cfg.images,
+        decode=cfg.decode,
+        max_examples=cfg.max_examples,
+        progress=sys.stderr.isatty(),
+    )
+    if cfg.format == "json":
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(f"{dataset.name}: {dataset.root}")
+        print(report.format())
+    return 0 if report.ok else 1
+
+
+def _convert(cfg) -> None:
+    from tbps.model.convert import convert_clip_checkpoint
+
+    _check_required(cfg, ["src", "out"], "tbps convert src=ViT-B-16.pt out=DIR")
+    out = convert_clip_checkpoint(
+        cfg.src,
+        cfg.out,
+        hidden_act=cfg.hidden_act,
+        vision_heads=cfg.vision_heads,
+        text_heads=cfg.text_heads,
+        bpe_path=cfg.bpe,
+        allow_torchscript=cfg.allow_torchscript,
+    )
+    print(f"written to {out}; train on it with backbone=clip_b16 backbone.path={out}")
+
+
 def _one_line(error: Exception) -> str:
     """The user-facing message; errors re-raised from DataLoader workers carry a traceback."""
     message = str(error)
@@ -146,7 +230,14 @@ def _one_line(error: Exception) -> str:
     return message
 
 
-RUNNERS: dict[str, Callable] = {"train": _train, "eval": _eval, "data synth": _synth}
+RUNNERS: dict[str, Callable] = {
+    "train": _train,
+    "eval": _eval,
+    "data synth": _synth,
+    "convert": _convert,
+    "data stats": _stats,
+    "data check": _check,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,14 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(OmegaConf.to_yaml(cfg, resolve=print_cfg == "resolved"))
             return 0
-        RUNNERS[verb](cfg)
+        code = RUNNERS[verb](cfg)
     except TBPSError as e:
         print(f"tbps {verb}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tbps {verb}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ def test_errors_are_one_clear_line(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "runs").exists()  # no half-made run folder
     assert main(["train", "backbone=nope"]) == 2
     assert (
-        "unknown option 'nope' for config group 'backbone'; valid: scratch_small, scratch_tiny"
+        "unknown option 'nope' for config group 'backbone'; valid: clip_b16, clip_l14, clip_tiny, "
+        "msiglip_b16_256, scratch_small, scratch_tiny, siglip_b16, siglip_so400m, siglip_tiny"
         in capsys.readouterr().err
     )
     assert main(["train", "optim.lrr=1"]) == 2

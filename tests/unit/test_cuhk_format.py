@@ -85,7 +85,9 @@ def test_missing_folder_and_annotation(tmp_path):
         parse_dataset("cuhk_pedes", tmp_path / "nope")
     with pytest.raises(DataError, match="no annotation file reid_raw.json"):
         parse_dataset("cuhk_pedes", tmp_path)
-    with pytest.raises(ConfigError, match="unknown data.format 'xml'; valid: cuhk_pedes"):
+    with pytest.raises(
+        ConfigError, match="unknown data.format 'xml'; valid: cuhk10_vn3k, cuhk_pedes"
+    ):
         parse_dataset("xml", tmp_path)
 
 

@@ -175,3 +175,23 @@ def test_vit_b16_patch_layout_at_384x128():
     assert table.shape == (1 + 24 * 8, 32) and torch.equal(table[0], square[0])
     assert torch.allclose(table[1:], resize_vision_positions(square, (14, 14), (24, 8))[1:])
     assert model.encode_image(torch.randn(2, 3, 384, 128)).shape == (2, 16)
+
+
+def test_tower_outputs_widths_and_similarity_parameters(tokenizer):
+    model = TBPSModel.from_spec(tiny_spec(tokenizer, (64, 32))).eval()
+    assert model.kind == "clip" and not model.is_sigmoid
+    assert (model.vision_width, model.text_width, model.embed_dim) == (32, 32, 24)
+    assert model.vocab_size == len(tokenizer)
+    assert model.logit_bias().item() == 0.0 and model.logit_bias().dim() == 0
+    images = torch.randn(2, 3, 64, 32)
+    out = model.image_forward(images, tokens=True)
+    assert out.embeds.shape == (2, 24) and out.tokens.shape == (2, 1 + 4 * 2, 32)
+    assert model.image_forward(images).tokens is None
+    assert torch.allclose(out.embeds, model.image_embeddings(images))
+    # token states are after the final LayerNorm: the class token's is the pooled state
+    pooled = model.hf.vision_model(pixel_values=images).pooler_output
+    assert torch.allclose(out.tokens[:, 0], pooled, atol=1e-6)
+    tokens = tokenize(tokenizer, CAPTIONS[:2], model.text_length)
+    text = model.text_forward(tokens["input_ids"], tokens["attention_mask"], tokens=True)
+    assert text.embeds.shape == (2, 24) and text.tokens.shape == (2, model.text_length, 32)
+    assert model.spec()["finetune"]["mode"] == "full" and model.spec()["text_attention_mask"]

@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from tbps.data.datasets import Collator, GalleryImages, QueryCaptions, TrainPairs
 from tbps.data.images import check_images
+from tbps.data.mlm import TokenMasker
 from tbps.data.records import DatasetSplits, gallery_and_queries, training_records
-from tbps.data.transforms import CLIP_MEAN, CLIP_STD, build_image_transforms
-from tbps.errors import DataError
+from tbps.data.samplers import SAMPLERS, IdentitySampler
+from tbps.data.text_augment import TextAugmenter, TextAugmentOptions
+from tbps.data.transforms import CLIP_MEAN, CLIP_STD, build_image_transforms, ss_view_transform
+from tbps.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed Python, NumPy and the dataset's caption augmenter.
+
+    torch already seeds each worker with ``base_seed + worker_id`` (``base_seed`` drawn from the
+    loader's seeded generator), so every random choice in a worker is reproducible.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(seed)
 
 
 class TBPSDataModule(L.LightningDataModule):
@@ -24,6 +43,15 @@ class TBPSDataModule(L.LightningDataModule):
 
     ``val_dataloader`` / ``test_dataloader`` return ``[gallery_loader, query_loader]``.
     Model selection uses ``val_split``; the test split is only read by ``test_dataloader``.
+
+    Training batches: ``sampler`` ``random`` (shuffled, seeded) or ``identity`` (P x K:
+    ``batch_size / num_instances`` persons, ``num_instances`` samples each; see
+    :class:`IdentitySampler`). Under DDP the identity sampler shards the batches itself and is
+    a ``DistributedSampler``, so Lightning leaves it in place; the random sampler is replaced by
+    Lightning's ``DistributedSampler`` as usual (``use_distributed_sampler=True``).
+    Extra views (off by default): ``mvs`` -> ``aug_images``, ``ss_views`` -> ``ss_images1/2``,
+    ``mlm`` -> ``mlm_input_ids`` / ``mlm_labels`` (masking a copy; ``input_ids`` stay intact),
+    ``text_augment`` -> EDA on training captions.
     """
 
     def __init__(
@@ -42,13 +70,34 @@ class TBPSDataModule(L.LightningDataModule):
         test_split: str = "test",
         on_bad_image: str = "error",
         seed: int = 0,
+        sampler: str = "random",
+        num_instances: int = 4,
+        mvs: bool = False,
+        ss_views: bool = False,
+        mlm: bool = False,
+        mlm_probability: float = 0.15,
+        text_augment: TextAugmentOptions | None = None,
     ) -> None:
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"unknown loader.sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+        if sampler == "identity" and (num_instances < 1 or batch_size % num_instances):
+            raise ConfigError(
+                f"loader.batch_size={batch_size} must be a positive multiple of "
+                f"loader.num_instances={num_instances} for the identity sampler"
+            )
         self.dataset = dataset
         self.collate = Collator(tokenizer, text_length)
+        masker = TokenMasker.from_tokenizer(tokenizer, mlm_probability) if mlm else None
+        self.train_collate = Collator(tokenizer, text_length, masker)
         self.train_transform, self.eval_transform = build_image_transforms(
             augment, image_size, mean, std
         )
+        self.ss_transform = ss_view_transform(image_size, mean, std, augment) if ss_views else None
+        self.mvs = mvs
+        self.text_augment = text_augment
+        self.sampler = sampler
+        self.num_instances = num_instances
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -78,7 +127,10 @@ class TBPSDataModule(L.LightningDataModule):
                     f"{self.dataset.name}: {len(records)} training captions, fewer than one batch "
                     f"(loader.batch_size={self.batch_size})"
                 )
-            self._train = TrainPairs(records, self.train_transform)
+            augmenter = TextAugmenter(self.text_augment, self.seed) if self.text_augment else None
+            self._train = TrainPairs(
+                records, self.train_transform, self.mvs, self.ss_transform, augmenter
+            )
             log.info("train: %d ids, %d captions", self.num_classes, len(records))
         return self._train
 
@@ -102,21 +154,55 @@ class TBPSDataModule(L.LightningDataModule):
             self.build_eval(self.test_split)
 
     # -- loaders ----------------------------------------------------------------------------
-    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+    def _loader(
+        self,
+        dataset,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        collate: Collator | None = None,
+        sampler: IdentitySampler | None = None,
+    ) -> DataLoader:
+        seeded = shuffle or sampler is not None
+        generator = torch.Generator().manual_seed(self.seed) if seeded else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=self.collate,
+            collate_fn=collate or self.collate,
             generator=generator,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
+        )
+
+    def identity_sampler(self) -> IdentitySampler:
+        """The P x K sampler over the training captions (ranks from torch.distributed)."""
+        train = self.build_train()
+        return IdentitySampler(
+            [r.pid for r in train.records],
+            self.batch_size,
+            self.num_instances,
+            image_ids=[r.image_id for r in train.records],
+            seed=self.seed,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.build_train(), self.batch_size, shuffle=True, drop_last=True)
+        train = self.build_train()
+        if self.sampler == "identity":
+            return self._loader(
+                train,
+                self.batch_size,
+                shuffle=False,
+                drop_last=True,
+                collate=self.train_collate,
+                sampler=self.identity_sampler(),
+            )
+        return self._loader(
+            train, self.batch_size, shuffle=True, drop_last=True, collate=self.train_collate
+        )
 
     def eval_dataloaders(self, split: str) -> list[DataLoader]:
         gallery, queries = self.build_eval(split)

@@ -9,30 +9,60 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from tbps.data.images import load_image
+from tbps.data.mlm import TokenMasker
 from tbps.data.records import CaptionRecord
+from tbps.data.text_augment import TextAugmenter
 from tbps.data.tokenization import tokenize
 from tbps.data.transforms import Transform
 
 
 class TrainPairs(Dataset):
-    """One sample per caption: ``{"image", "caption", "pid", "image_id", "index"}``."""
+    """One sample per caption: ``{"image", "caption", "pid", "image_id", "index"}``.
 
-    def __init__(self, records: Sequence[CaptionRecord], transform: Transform) -> None:
+    Optional extra views of the same decoded image: ``aug_image`` (MVS: ``transform`` applied
+    again, independently) and ``ss_image1`` / ``ss_image2`` (two ``ss_transform`` views).
+    ``text_augment`` rewrites the caption (EDA); its generator is reseeded per worker.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[CaptionRecord],
+        transform: Transform,
+        mvs: bool = False,
+        ss_transform: Transform | None = None,
+        text_augment: TextAugmenter | None = None,
+    ) -> None:
         self.records = list(records)
         self.transform = transform
+        self.mvs = mvs
+        self.ss_transform = ss_transform
+        self.text_augment = text_augment
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def reseed(self, seed: int) -> None:
+        """Seed the caption augmentation (called in each DataLoader worker)."""
+        if self.text_augment is not None:
+            self.text_augment.reseed(seed)
+
     def __getitem__(self, index: int) -> dict:
         r = self.records[index]
-        return {
-            "image": self.transform(load_image(r.image_path)),
-            "caption": r.caption,
+        image = load_image(r.image_path)
+        caption = r.caption if self.text_augment is None else self.text_augment(r.caption)
+        sample = {
+            "image": self.transform(image),
+            "caption": caption,
             "pid": r.pid,
             "image_id": r.image_id,
             "index": index,
         }
+        if self.mvs:
+            sample["aug_image"] = self.transform(image)
+        if self.ss_transform is not None:
+            sample["ss_image1"] = self.ss_transform(image)
+            sample["ss_image2"] = self.ss_transform(image)
+        return sample
 
 
 class GalleryImages(Dataset):
@@ -64,16 +94,29 @@ class QueryCaptions(Dataset):
         return {"caption": caption, "pid": pid, "index": index}
 
 
+#: sample key -> batch key of the extra image views
+_VIEW_KEYS = {"aug_image": "aug_images", "ss_image1": "ss_images1", "ss_image2": "ss_images2"}
+
+
 class Collator:
     """Stack images and tokenise captions of a batch (fixed length, with attention mask).
 
     Batch keys: ``images`` (B, 3, H, W), ``input_ids`` / ``attention_mask`` (B, L), ``pids``,
-    ``indices``, ``image_ids`` where present, and ``captions`` (the raw strings).
+    ``indices``, ``image_ids`` where present, and ``captions`` (the strings tokenised). Views
+    where present: ``aug_images``, ``ss_images1``, ``ss_images2`` (B, 3, H, W). With a
+    ``masker``: ``mlm_input_ids`` (a masked copy) and ``mlm_labels`` (B, L); ``input_ids``
+    stays unmasked.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, text_length: int) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        text_length: int,
+        masker: TokenMasker | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.text_length = text_length
+        self.masker = masker
 
     def __call__(self, samples: list[dict]) -> dict:
         batch: dict = {
@@ -82,6 +125,9 @@ class Collator:
         }
         if "image" in samples[0]:
             batch["images"] = torch.stack([s["image"] for s in samples])
+        for key, batch_key in _VIEW_KEYS.items():
+            if key in samples[0]:
+                batch[batch_key] = torch.stack([s[key] for s in samples])
         if "image_id" in samples[0]:
             batch["image_ids"] = torch.tensor([s["image_id"] for s in samples], dtype=torch.long)
         if "caption" in samples[0]:
@@ -89,4 +135,8 @@ class Collator:
             tokens = tokenize(self.tokenizer, batch["captions"], self.text_length)
             batch["input_ids"] = tokens["input_ids"]
             batch["attention_mask"] = tokens["attention_mask"]
+            if self.masker is not None:
+                batch["mlm_input_ids"], batch["mlm_labels"] = self.masker(
+                    tokens["input_ids"], tokens["attention_mask"]
+                )
         return batch

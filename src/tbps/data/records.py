@@ -26,12 +26,17 @@ class CaptionRecord:
 
 @dataclass
 class DatasetSplits:
-    """Parsed dataset: image records per split (``train``/``val``/``test``) and provenance."""
+    """Parsed dataset: image records per split (``train``/``val``/``test``) and provenance.
+
+    ``notes`` says how the splits were made (carved val, folds, mixtures); ``skipped`` lists
+    ``(kind, message)`` for every annotation entry a documented skip option dropped.
+    """
 
     name: str
     root: str
     splits: dict[str, list[ImageRecord]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def split(self, name: str) -> list[ImageRecord]:
         if name not in self.splits:

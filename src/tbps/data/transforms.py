@@ -1,10 +1,11 @@
-"""Image transform presets (train + matching eval transform with the same mean/std)."""
+"""Image transform presets (train + matching eval transform, same mean/std) and SS/MVS views."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import torch
+from PIL import Image, ImageFilter
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
@@ -12,16 +13,27 @@ from tbps.errors import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
 
 Transform = Callable[[object], torch.Tensor]
+Size = tuple[int, int]
 
 
 def _to_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
 
 
+def _crop_ratio(size: Size) -> tuple[float, float]:
+    """Aspect-ratio range (w/h) of random resized crops: 3/4 to 4/3 around the target's own."""
+    aspect = size[1] / size[0]
+    return aspect * 3 / 4, aspect * 4 / 3
+
+
 def eval_transform(
-    image_size: tuple[int, int],
+    image_size: Sequence[int],
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
     interpolation: InterpolationMode = InterpolationMode.BILINEAR,
@@ -32,27 +44,96 @@ def eval_transform(
     )
 
 
-def _irra(image_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Transform:
+class RandomDistinctOps(torch.nn.Module):
+    """Apply ``k`` distinct ops drawn without replacement (torch RNG), in their listed order."""
+
+    def __init__(self, ops: Sequence[Callable], k: int) -> None:
+        super().__init__()
+        if not 0 < k <= len(ops):
+            raise ValueError(f"cannot pick {k} distinct ops out of {len(ops)}")
+        self.ops = list(ops)
+        self.k = k
+
+    def forward(self, image):
+        for i in sorted(torch.randperm(len(self.ops))[: self.k].tolist()):
+            image = self.ops[i](image)
+        return image
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}"
+
+
+def _irra(size: Size, mean: Sequence[float], std: Sequence[float]) -> Transform:
     return T.Compose(
         [
-            T.Resize(tuple(image_size)),
+            T.Resize(size),
             T.RandomHorizontalFlip(0.5),
             T.Pad(10),
-            T.RandomCrop(tuple(image_size)),
+            T.RandomCrop(size),
             *_to_tensor(mean, std),
             T.RandomErasing(scale=(0.02, 0.4), value=0),
         ]
     )
 
 
-def _none(image_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Transform:
-    return eval_transform(image_size, mean, std)
+def _pick_two(
+    size: Size, mean: Sequence[float], std: Sequence[float], interpolation: InterpolationMode
+) -> Transform:
+    """Resize, then 2 distinct ops of six (TBPS-CLIP), on the uint8 tensor, then normalise.
+
+    An op that is picked is applied (flip and erasing always; grayscale with p 0.1).
+    """
+    ops = [
+        T.ColorJitter(0.1, 0.1, 0.1, 0.0),
+        T.RandomRotation(15, interpolation=InterpolationMode.BILINEAR),  # no bicubic on tensors
+        T.RandomResizedCrop(
+            size, scale=(0.9, 1.0), ratio=_crop_ratio(size), interpolation=interpolation
+        ),
+        T.RandomGrayscale(0.1),
+        T.RandomHorizontalFlip(1.0),
+        T.RandomErasing(p=1.0, scale=(0.10, 0.20), value=0),
+    ]
+    return T.Compose(
+        [
+            T.Resize(size, interpolation=interpolation),
+            T.ToImage(),
+            RandomDistinctOps(ops, k=2),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
-PRESETS: dict[str, Callable[[tuple[int, int], Sequence[float], Sequence[float]], Transform]] = {
-    "irra": _irra,
-    "none": _none,
+def _tbps_clip(size: Size, mean: Sequence[float], std: Sequence[float]) -> Transform:
+    return _pick_two(size, mean, std, InterpolationMode.BILINEAR)
+
+
+def _siglip(size: Size, mean: Sequence[float], std: Sequence[float]) -> Transform:
+    return _pick_two(size, mean, std, InterpolationMode.BICUBIC)
+
+
+def _none(size: Size, mean: Sequence[float], std: Sequence[float]) -> Transform:
+    return eval_transform(size, mean, std)
+
+
+#: preset -> (train transform builder, resize interpolation shared with its eval transform)
+PRESETS: dict[str, tuple[Callable[[Size, Sequence[float], Sequence[float]], Transform], str]] = {
+    "irra": (_irra, InterpolationMode.BILINEAR),
+    "tbps_clip": (_tbps_clip, InterpolationMode.BILINEAR),
+    "siglip": (_siglip, InterpolationMode.BICUBIC),
+    "none": (_none, InterpolationMode.BILINEAR),
 }
+
+
+def _size(image_size: Sequence[int]) -> Size:
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise ConfigError(f"image size must be [height, width], got {list(image_size)}")
+    return int(image_size[0]), int(image_size[1])
+
+
+def _check_preset(preset: str) -> None:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown augment.preset {preset!r}; valid: {', '.join(sorted(PRESETS))}")
 
 
 def build_image_transforms(
@@ -61,10 +142,59 @@ def build_image_transforms(
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
 ) -> tuple[Transform, Transform]:
-    """(train, eval) transforms of a preset; both normalise with the same mean/std."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown augment.preset {preset!r}; valid: {', '.join(sorted(PRESETS))}")
-    if len(image_size) != 2 or min(image_size) < 1:
-        raise ConfigError(f"image size must be [height, width], got {list(image_size)}")
-    size = (int(image_size[0]), int(image_size[1]))
-    return PRESETS[preset](size, mean, std), eval_transform(size, mean, std)
+    """(train, eval) transforms of a preset; both normalise with the same mean/std.
+
+    ``irra``: resize, h-flip 0.5, pad 10, random crop, normalise, random erasing (0.02-0.4).
+    ``tbps_clip``: resize, two distinct ops of {colour jitter 0.1, rotation 15 deg, random resized
+    crop 0.9-1, grayscale 0.1, h-flip, erasing 0.1-0.2}, normalise. ``siglip``: the same with
+    bicubic resizing (its eval transform too). ``none``: resize, normalise.
+    """
+    _check_preset(preset)
+    size = _size(image_size)
+    build, interpolation = PRESETS[preset]
+    return build(size, mean, std), eval_transform(size, mean, std, interpolation)
+
+
+class RandomGaussianBlur(torch.nn.Module):
+    """Gaussian blur of a PIL image with sigma drawn uniformly from ``sigma`` (torch RNG).
+
+    PIL's blur (extended box filters) costs about a millisecond at 384x128, where a dense
+    39x13 kernel convolution costs about 60.
+    """
+
+    def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, image: Image.Image) -> Image.Image:
+        sigma = torch.empty(1).uniform_(*self.sigma).item()
+        return image.filter(ImageFilter.GaussianBlur(radius=sigma))
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}"
+
+
+def ss_view_transform(
+    image_size: Sequence[int],
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+    preset: str = "none",
+) -> Transform:
+    """One SimCLR view of a PIL image: random resized crop (0.2-1), colour jitter
+    0.4/0.4/0.4/0.1 (p 0.8), grayscale (p 0.2), Gaussian blur sigma 0.1-2 (p 0.5), h-flip,
+    normalise. Resizing uses the preset's interpolation."""
+    _check_preset(preset)
+    size = _size(image_size)
+    interpolation = PRESETS[preset][1]
+    return T.Compose(
+        [
+            T.RandomResizedCrop(
+                size, scale=(0.2, 1.0), ratio=_crop_ratio(size), interpolation=interpolation
+            ),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(0.2),
+            T.RandomApply([RandomGaussianBlur((0.1, 2.0))], p=0.5),
+            T.RandomHorizontalFlip(0.5),
+            *_to_tensor(mean, std),
+        ]
+    )

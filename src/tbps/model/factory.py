@@ -1,17 +1,40 @@
-"""Build the architecture spec of a TBPSModel from backbone settings."""
+"""Build TBPSModels from backbone settings: a CLIP from scratch, or pretrained CLIP / SigLIP."""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from transformers import PreTrainedTokenizerBase
+from transformers import CLIPModel, PreTrainedTokenizerBase, SiglipModel
 
 from tbps.data.transforms import CLIP_MEAN, CLIP_STD
 from tbps.errors import ConfigError
-from tbps.model.backbone import scratch_clip_config
+from tbps.model.backbone import add_mask_token, scratch_clip_config, set_image_size, set_text_length
+from tbps.model.finetune import count_parameters, finetune_settings
+from tbps.model.pretrained import (
+    align_special_tokens,
+    check_tokenizer,
+    load_tokenizer,
+    load_weights,
+    read_config,
+    resolve_backbone_path,
+)
+from tbps.model.tbps import TBPSModel
 
-BACKBONE_TYPES = ("clip_scratch",)
+log = logging.getLogger(__name__)
+
+# backbone.type -> what it builds: a CLIP trained from scratch, or a pretrained HF folder/hub id
+BACKBONE_TYPES = ("clip_scratch", "clip", "siglip")
+PRETRAINED_TYPES = ("clip", "siglip")
+
+
+def check_backbone_type(backbone_type: str) -> None:
+    if backbone_type not in BACKBONE_TYPES:
+        raise ConfigError(
+            f"unknown backbone.type {backbone_type!r}; valid: {', '.join(BACKBONE_TYPES)}"
+        )
 
 
 def scratch_model_spec(
@@ -26,6 +49,8 @@ def scratch_model_spec(
     init_temperature: float = 0.07,
     image_mean: Sequence[float] = CLIP_MEAN,
     image_std: Sequence[float] = CLIP_STD,
+    text_attention_mask: bool = True,
+    finetune: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Spec of a from-scratch CLIP whose text tower matches ``tokenizer``."""
     if len(image_size) != 2:
@@ -54,4 +79,68 @@ def scratch_model_spec(
         "temperature": temperature,
         "image_mean": [float(x) for x in image_mean],
         "image_std": [float(x) for x in image_std],
+        "text_attention_mask": bool(text_attention_mask),
+        "finetune": finetune_settings(finetune),
     }
+
+
+def pretrained_model(
+    path: str | os.PathLike,
+    kind: str,
+    image_size: Sequence[int],
+    text_length: int | None = None,
+    temperature: float | None = None,
+    image_mean: Sequence[float] = CLIP_MEAN,
+    image_std: Sequence[float] = CLIP_STD,
+    text_attention_mask: bool = True,
+    finetune: Mapping[str, Any] | None = None,
+    mask_token: bool = False,
+) -> tuple[TBPSModel, PreTrainedTokenizerBase]:
+    """A TBPSModel on pretrained CLIP/SigLIP weights, and the tokenizer of the same folder.
+
+    ``path`` is a Hugging Face folder (config.json + weights + tokenizer) or a hub id. The
+    weights are checked key by key against config.json, the tokenizer against the text tower;
+    then the vision position grid is resized to ``image_size``, the text positions to
+    ``text_length`` (None keeps the checkpoint's), and with ``mask_token`` the tokenizer
+    gets a mask token (the token embedding grows by one row when it had none).
+    """
+    if kind not in PRETRAINED_TYPES:
+        raise ConfigError(
+            f"backbone.type {kind!r} is not a pretrained type; valid: {', '.join(PRETRAINED_TYPES)}"
+        )
+    settings = finetune_settings(finetune)  # fail on bad settings before loading anything
+    folder = resolve_backbone_path(path)
+    config = read_config(folder, kind)
+    tokenizer = load_tokenizer(folder)
+    check_tokenizer(tokenizer, config, kind, folder)
+    align_special_tokens(config, tokenizer)
+    backbone = (CLIPModel if kind == "clip" else SiglipModel)(config).float()
+    load_weights(backbone, folder)
+    native = backbone.config.vision_config.image_size
+    set_image_size(backbone, image_size)
+    if text_length is not None:
+        set_text_length(backbone, int(text_length))
+    if mask_token:
+        add_mask_token(backbone, tokenizer)
+    model = TBPSModel(
+        backbone,
+        temperature=temperature,
+        image_mean=image_mean,
+        image_std=image_std,
+        text_attention_mask=text_attention_mask,
+        finetune=settings,
+    )
+    trainable, total = count_parameters(model)
+    log.info(
+        "loaded %s from %s: input %dx%d (pre-trained at %dx%d), text length %d, %.1fM parameters "
+        "(%.2fM trainable)",
+        kind,
+        folder,
+        *model.image_size,
+        native,
+        native,
+        model.text_length,
+        total / 1e6,
+        trainable / 1e6,
+    )
+    return model, tokenizer

@@ -8,12 +8,28 @@ from typing import Any
 import lightning as L
 import torch
 
+from tbps.errors import ConfigError, TBPSError
 from tbps.evaluation.evaluator import evaluate_embeddings
-from tbps.losses import LossInputs, compute_losses
+from tbps.losses import (
+    check_objectives_for_backbone,
+    compute_losses,
+    required_features,
+    resolve_objectives,
+    tse_settings,
+)
+from tbps.model.heads import TrainingHeads, fused_embedding
 from tbps.model.tbps import TBPSModel
+from tbps.training.distributed import gather_batch, world_size
 from tbps.training.optim import build_adamw, build_warmup_cosine
+from tbps.training.step import softlabel_ramp, step_inputs
 
 log = logging.getLogger(__name__)
+
+NONFINITE_POLICIES = ("error", "skip")
+
+
+class NonFiniteLossError(TBPSError):
+    """A loss term became NaN or Inf during training."""
 
 
 class TBPSLightningModule(L.LightningModule):
@@ -21,12 +37,17 @@ class TBPSLightningModule(L.LightningModule):
 
     Training minimises ``sum_k weight_k * objective_k``; every epoch the val split is encoded
     (gallery images once, every caption a query) and ``val/t2i/R1`` etc. are logged.
+    ``objectives`` is the objectives config (``{name: {enabled, weight, ...}}``, see
+    :func:`tbps.losses.resolve_objectives`); the heads they need are built here (``heads``).
+    ``on_nonfinite``: ``error`` stops at a NaN/Inf loss term, ``skip`` skips that batch
+    (counted, logged; single-device only). ``sample_weights`` (per training-dataset index,
+    set by the boosting callback) re-weight the objectives that accept per-sample weights.
     """
 
     def __init__(
         self,
         model_spec: dict[str, Any],
-        objectives: dict[str, float],
+        objectives: dict[str, Any],
         num_classes: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
@@ -36,35 +57,153 @@ class TBPSLightningModule(L.LightningModule):
         warmup_start_factor: float = 0.01,
         end_lr_factor: float = 0.01,
         tokenizer_state: dict[str, Any] | None = None,
+        on_nonfinite: str = "error",
+        model: TBPSModel | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer_state"])
-        self.model = TBPSModel.from_spec(model_spec)
-        self.objectives = dict(objectives)
+        self.save_hyperparameters(ignore=["tokenizer_state", "model"])
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(
+                f"on_nonfinite_loss must be one of {', '.join(NONFINITE_POLICIES)}, "
+                f"got {on_nonfinite!r}"
+            )
+        self.objectives = resolve_objectives(objectives)
+        # a prebuilt model carries pretrained weights; checkpoints rebuild it from the spec
+        self.model = model if model is not None else TBPSModel.from_spec(model_spec)
+        check_objectives_for_backbone(self.objectives, self.model.is_sigmoid, num_classes)
+        self.heads = self._build_heads(num_classes)
+        self._freeze_unused_similarity_parameters()
+        self.on_nonfinite = on_nonfinite
+        self.skipped_batches = 0
+        self.sample_weights: torch.Tensor | None = None
         self.tokenizer_state = tokenizer_state
         self._eval_buffers: dict[str, list[torch.Tensor]] = {}
         self.results: dict[str, dict] = {}
 
-    # -- training -------------------------------------------------------------------------------
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        inputs = LossInputs(
-            image_feats=self.model.image_embeddings(batch["images"]),
-            text_feats=self.model.text_embeddings(batch["input_ids"], batch["attention_mask"]),
-            pids=batch["pids"],
-            logit_scale=self.model.logit_scale(),
+    # -- heads --------------------------------------------------------------------------------
+    def _build_heads(self, num_classes: int) -> TrainingHeads:
+        model, objectives = self.model, self.objectives
+        tse = tse_settings(objectives)
+        return TrainingHeads(
+            embed_dim=model.embed_dim,
+            vision_width=model.vision_width,
+            text_width=model.text_width,
+            vocab_size=model.vocab_size,
+            num_classes=num_classes if "id" in objectives else 0,
+            mlm_layers=objectives["mlm"]["layers"] if "mlm" in objectives else None,
+            ss="ss" in objectives,
+            tse_ratio=tse[0] if tse else None,
+            tse_dim=tse[1] if tse else None,
         )
-        losses = compute_losses(self.objectives, inputs)
+
+    def _freeze_unused_similarity_parameters(self) -> None:
+        """Objectives that never read the logit scale/bias (TAL, C-ITC, ...) leave them frozen,
+        so they are in no optimizer group and DDP finds no unused parameter."""
+        needs = required_features(self.objectives, self.model.is_sigmoid)
+        hf = self.model.hf
+        unused = [n for n in ("logit_scale", "logit_bias") if n not in needs and hasattr(hf, n)]
+        for name in unused:
+            param = getattr(hf, name)
+            if param.requires_grad:
+                param.requires_grad_(False)
+                log.info("%s frozen: no enabled objective uses it", name)
+
+    # -- training -------------------------------------------------------------------------------
+    def _first_epoch_steps(self) -> float:
+        """Optimizer steps of one epoch (accumulation included), for the soft-label ramp."""
+        trainer = self.trainer
+        batches = trainer.num_training_batches
+        if batches == float("inf") or not batches:
+            return trainer.estimated_stepping_batches / max(1, trainer.max_epochs or 1)
+        return -(-batches // trainer.accumulate_grad_batches)
+
+    def _softlabel_ramp(self) -> float:
+        if self._trainer is None or not any(
+            p.get("softlabel_ratio") for p in self.objectives.values()
+        ):
+            return 1.0
+        return softlabel_ramp(self.global_step, self._first_epoch_steps())
+
+    def _batch_weights(self, batch: dict) -> torch.Tensor | None:
+        if self.sample_weights is None or "indices" not in batch:
+            return None
+        return self.sample_weights[batch["indices"].cpu()].to(self.device)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        ramp = self._softlabel_ramp()
+        inputs, metrics = step_inputs(
+            self.model, self.heads, self.objectives, batch, self._batch_weights(batch), ramp
+        )
+        global_inputs = inputs.gathered(gather_batch) if world_size() > 1 else None
+        losses = compute_losses(self.objectives, inputs, global_inputs)
         batch_size = batch["pids"].shape[0]
+        if not self._finite(losses, batch_idx):
+            return None
         self.log("train/loss", losses["total"], prog_bar=True, batch_size=batch_size)
         for name, value in losses.items():
             if name != "total":
                 self.log(f"train/{name}", value, batch_size=batch_size)
+        for name, value in metrics.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
         self.log("train/logit_scale", inputs.logit_scale.detach(), batch_size=batch_size)
+        if inputs.logit_bias is not None:
+            self.log("train/logit_bias", inputs.logit_bias.detach(), batch_size=batch_size)
+        for name, params in self.objectives.items():
+            if params.get("softlabel_ratio"):
+                alpha = params["softlabel_ratio"] * ramp
+                self.log(f"train/{name}_alpha", alpha, batch_size=batch_size)
         return losses["total"]
+
+    def _finite(self, losses: dict[str, torch.Tensor], batch_idx: int) -> bool:
+        """False when the batch is to be skipped; raises under the ``error`` policy."""
+        if bool(torch.isfinite(losses["total"].detach())):
+            return True
+        bad = [
+            f"{name} ({value.item()})"
+            for name, value in losses.items()
+            if name != "total" and not torch.isfinite(value.detach())
+        ]
+        where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        if self.on_nonfinite == "error":
+            raise NonFiniteLossError(
+                f"non-finite loss in objective(s) {', '.join(bad)} at {where}; lower optim.lr, "
+                "check the data, or set on_nonfinite_loss=skip to skip such batches"
+            )
+        self.skipped_batches += 1
+        log.warning(
+            "skipped batch at %s: non-finite loss in %s (%d skipped so far)",
+            where,
+            ", ".join(bad),
+            self.skipped_batches,
+        )
+        self.log("train/skipped_batches", float(self.skipped_batches), batch_size=1)
+        return False
+
+    def on_fit_start(self) -> None:
+        if self.on_nonfinite == "skip" and self.trainer.world_size > 1:
+            raise ConfigError(
+                "on_nonfinite_loss=skip works on one device only (ranks would disagree on the "
+                "skipped step); use on_nonfinite_loss=error with several devices"
+            )
+
+    # -- encoders (evaluation and boosting) ----------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm retrieval embeddings: with TSE, the fused [global, TSE] / sqrt(2)."""
+        if self.heads.tse is None:
+            return self.model.encode_image(images)
+        out, tse = self.heads.tse.encode_image(self.model, images)
+        return fused_embedding(out.embeds, tse)
+
+    def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unit-norm retrieval embeddings of captions (fused with TSE, like ``encode_images``)."""
+        if self.heads.tse is None:
+            return self.model.encode_text(input_ids, attention_mask)
+        out, tse = self.heads.tse.encode_text(self.model, input_ids, attention_mask)
+        return fused_embedding(out.embeds, tse)
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = build_adamw(self.model, hp.lr, hp.weight_decay, hp.betas, hp.eps)
+        optimizer = build_adamw(self, hp.lr, hp.weight_decay, hp.betas, hp.eps)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = total / max(1, self.trainer.max_epochs or 1)
         warmup = min(int(round(hp.warmup_epochs * per_epoch)), max(total - 1, 0))
@@ -82,10 +221,10 @@ class TBPSLightningModule(L.LightningModule):
 
     def _eval_step(self, batch: dict, dataloader_idx: int) -> None:
         if dataloader_idx == 0:
-            self._eval_buffers["images"].append(self.model.encode_image(batch["images"]).float())
+            self._eval_buffers["images"].append(self.encode_images(batch["images"]).float())
             self._eval_buffers["image_pids"].append(batch["pids"])
         else:
-            feats = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
+            feats = self.encode_texts(batch["input_ids"], batch["attention_mask"])
             self._eval_buffers["texts"].append(feats.float())
             self._eval_buffers["text_pids"].append(batch["pids"])
 
@@ -129,6 +268,9 @@ class TBPSLightningModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.tokenizer_state is not None:
             checkpoint["tbps_tokenizer"] = self.tokenizer_state
+        if self.sample_weights is not None:
+            checkpoint["tbps_sample_weights"] = self.sample_weights
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokenizer_state = checkpoint.get("tbps_tokenizer", self.tokenizer_state)
+        self.sample_weights = checkpoint.get("tbps_sample_weights", self.sample_weights)

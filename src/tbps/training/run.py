@@ -18,13 +18,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from tbps.data.datamodule import TBPSDataModule
 from tbps.data.records import DatasetSplits
-from tbps.data.sources import load_dataset
-from tbps.data.tokenization import tokenizer_to_json, train_caption_tokenizer
+from tbps.data.sources import load_dataset_section
+from tbps.data.text_augment import TextAugmentOptions
+from tbps.data.tokenization import train_caption_tokenizer
+from tbps.data.views import DataViews, required_views
 from tbps.errors import ConfigError
 from tbps.evaluation.evaluator import format_table
 from tbps.evaluation.metrics import chance_level
-from tbps.losses import objective_weights
-from tbps.model.factory import BACKBONE_TYPES, scratch_model_spec
+from tbps.losses import resolve_objectives
+from tbps.model.factory import (
+    PRETRAINED_TYPES,
+    check_backbone_type,
+    pretrained_model,
+    scratch_model_spec,
+)
+from tbps.model.finetune import count_parameters, finetune_settings
+from tbps.model.pretrained import read_config, resolve_backbone_path, weight_files
+from tbps.training.boosting import HardSampleBoosting
+from tbps.training.checkpoint import tokenizer_state
 from tbps.training.module import TBPSLightningModule
 
 log = logging.getLogger(__name__)
@@ -47,17 +58,81 @@ def resolve_run_dir(run_dir: str | None, runs_dir: str, name: str) -> Path:
 
 
 def dataset_from_config(cfg: DictConfig, progress: bool = True) -> DatasetSplits:
-    data = cfg.data
-    synth = OmegaConf.to_container(data.synth) if "synth" in data else None
-    return load_dataset(data.name, data.format, data.root, synth, cfg.cache_dir, progress=progress)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return load_dataset_section(data, cfg.cache_dir, progress=progress)
+
+
+def data_views_from_config(cfg: DictConfig) -> dict[str, Any]:
+    """Datamodule view/augmentation arguments: the augment section, plus what objectives need."""
+    aug = cfg.augment
+    views = required_views(OmegaConf.to_container(cfg.objectives, resolve=True))
+    views = views | DataViews(mvs=aug.mvs, ss=aug.ss, mlm=aug.mlm.enabled)
+    if views.names():
+        log.info("training batches carry extra views: %s", ", ".join(views.names()))
+    text = OmegaConf.to_container(aug.text, resolve=True)
+    text_on = text.pop("enabled")
+    return {
+        "mvs": views.mvs,
+        "ss_views": views.ss,
+        "mlm": views.mlm,
+        "mlm_probability": aug.mlm.probability,
+        "text_augment": TextAugmentOptions(**text) if text_on else None,
+    }
+
+
+def _needs_mask_token(cfg: DictConfig) -> bool:
+    """MLM is on (objective or masked view): the tokenizer needs a mask token."""
+    return bool(
+        OmegaConf.select(cfg, "objectives.mlm.enabled", default=False)
+        or OmegaConf.select(cfg, "augment.mlm.enabled", default=False)
+    )
+
+
+def _finetune_settings(backbone: DictConfig) -> dict[str, Any] | None:
+    if "finetune" not in backbone:
+        return None
+    return finetune_settings(OmegaConf.to_container(backbone.finetune, resolve=True))
+
+
+def _check_backbone(cfg: DictConfig) -> None:
+    """Fail on a bad backbone (type, settings, folder, config, weights) before any work."""
+    backbone = cfg.backbone
+    check_backbone_type(backbone.type)
+    _finetune_settings(backbone)
+    if backbone.type in PRETRAINED_TYPES:
+        if OmegaConf.is_missing(backbone, "path") or not backbone.get("path"):
+            raise ConfigError(
+                f"backbone.path is required for backbone.type={backbone.type}: a Hugging Face "
+                "folder (config.json + weights + tokenizer) or a hub id"
+            )
+        folder = resolve_backbone_path(backbone.path)
+        read_config(folder, backbone.type)
+        weight_files(folder)
 
 
 def _build_model_spec(cfg: DictConfig, train_captions: list[str]):
+    """(spec, tokenizer, model): ``model`` is None for a scratch CLIP (built from the spec)."""
     backbone = cfg.backbone
-    if backbone.type not in BACKBONE_TYPES:
-        raise ConfigError(
-            f"unknown backbone.type {backbone.type!r}; valid: {', '.join(BACKBONE_TYPES)}"
+    check_backbone_type(backbone.type)
+    mean = backbone.get("image_mean") or cfg.augment.mean  # null: the augment preset's
+    std = backbone.get("image_std") or cfg.augment.std
+    finetune = _finetune_settings(backbone)
+    text_mask = backbone.get("text_attention_mask", True)
+    if backbone.type in PRETRAINED_TYPES:
+        _check_backbone(cfg)
+        model, tokenizer = pretrained_model(
+            backbone.path,
+            backbone.type,
+            image_size=list(backbone.image_size),
+            text_length=backbone.text.length,
+            temperature=backbone.temperature,
+            image_mean=list(mean),
+            image_std=list(std),
+            text_attention_mask=text_mask,
+            finetune=finetune,
+            mask_token=_needs_mask_token(cfg),
         )
+        return model.spec(), tokenizer, model
     tokenizer = train_caption_tokenizer(
         train_captions, backbone.tokenizer.vocab_size, backbone.tokenizer.min_frequency
     )
@@ -71,10 +146,12 @@ def _build_model_spec(cfg: DictConfig, train_captions: list[str]):
         mlp_ratio=backbone.mlp_ratio,
         temperature=backbone.temperature,
         init_temperature=backbone.init_temperature,
-        image_mean=list(cfg.augment.mean),
-        image_std=list(cfg.augment.std),
+        image_mean=list(mean),
+        image_std=list(std),
+        text_attention_mask=text_mask,
+        finetune=finetune,
     )
-    return spec, tokenizer
+    return spec, tokenizer, None
 
 
 def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -85,30 +162,49 @@ def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate every epoch, test the best and the last weights; returns metrics.json."""
     start = time.time()
-    weights = objective_weights(OmegaConf.to_container(cfg.objectives))
+    objectives = resolve_objectives(OmegaConf.to_container(cfg.objectives, resolve=True))
     run_dir = resolve_run_dir(cfg.run_dir, cfg.runs_dir, cfg.name)
+    _check_backbone(cfg)
     dataset = dataset_from_config(cfg)  # fail on bad data before creating the run folder
     run_dir.mkdir(parents=True, exist_ok=True)
     file_log = logging.FileHandler(run_dir / "train.log")
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(file_log)
     try:
-        return _run(cfg, run_dir, dataset, weights, start)
+        return _run(cfg, run_dir, dataset, objectives, start)
     finally:
         logging.getLogger().removeHandler(file_log)
         file_log.close()
 
 
+def _boosting_callbacks(cfg: DictConfig) -> list[HardSampleBoosting]:
+    boost = cfg.boosting
+    if not boost.enabled:
+        return []
+    return [
+        HardSampleBoosting(
+            every_n_epochs=boost.every_n_epochs,
+            weight=boost.weight,
+            top_k=boost.top_k,
+            batch_size=cfg.loader.eval_batch_size,
+            num_workers=cfg.loader.num_workers,
+        )
+    ]
+
+
 def _run(
-    cfg: DictConfig, run_dir: Path, dataset: DatasetSplits, weights: dict[str, float], start: float
+    cfg: DictConfig,
+    run_dir: Path,
+    dataset: DatasetSplits,
+    objectives: dict[str, dict[str, Any]],
+    start: float,
 ) -> dict[str, Any]:
     log.info("run folder: %s", run_dir)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_captions = [c for img in dataset.split("train") for c in img.captions]
-    spec, tokenizer = _build_model_spec(cfg, train_captions)
+    spec, tokenizer, model = _build_model_spec(cfg, train_captions)
     tokenizer.save_pretrained(run_dir / "tokenizer")
-    tok_json, tok_special = tokenizer_to_json(tokenizer)
 
     datamodule = TBPSDataModule(
         dataset,
@@ -125,11 +221,14 @@ def _run(
         test_split=cfg.data.test_split,
         on_bad_image=cfg.data.on_bad_image,
         seed=cfg.seed,
+        sampler=cfg.loader.sampler,
+        num_instances=cfg.loader.num_instances,
+        **data_views_from_config(cfg),
     )
     datamodule.build_train()  # fixes num_classes (train pids remapped to 0..N-1)
     module = TBPSLightningModule(
         model_spec=spec,
-        objectives=weights,
+        objectives=objectives,
         num_classes=datamodule.num_classes,
         lr=cfg.optim.lr,
         weight_decay=cfg.optim.weight_decay,
@@ -138,10 +237,18 @@ def _run(
         warmup_epochs=cfg.optim.warmup_epochs,
         warmup_start_factor=cfg.optim.warmup_start_factor,
         end_lr_factor=cfg.optim.end_lr_factor,
-        tokenizer_state={"json": tok_json, "special_tokens": tok_special},
+        tokenizer_state=tokenizer_state(tokenizer),
+        model=model,
+        on_nonfinite=cfg.on_nonfinite_loss,
     )
-    n_params = sum(p.numel() for p in module.model.parameters())
-    log.info("model: %s, %.2fM parameters", cfg.backbone.name, n_params / 1e6)
+    n_trainable, n_params = count_parameters(module)
+    log.info(
+        "model: %s, %.2fM parameters, %.2fM trainable (%.1f%%)",
+        cfg.backbone.name,
+        n_params / 1e6,
+        n_trainable / 1e6,
+        100.0 * n_trainable / max(n_params, 1),
+    )
 
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -157,7 +264,11 @@ def _run(
     trainer = L.Trainer(
         default_root_dir=run_dir,
         logger=CSVLogger(save_dir=run_dir, name="logs", version=""),
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        callbacks=[
+            checkpoint,
+            LearningRateMonitor(logging_interval="step"),
+            *_boosting_callbacks(cfg),
+        ],
         num_sanity_val_steps=0,
         **_trainer_kwargs(cfg),
     )

@@ -1,0 +1,84 @@
+"""Cross-rank gathering for batch-level objectives: global negatives, gradients to the local part.
+
+Under DDP every rank gathers the embeddings of all ranks and computes the batch-level objective
+on the global batch (the same value on every rank). The backward of the gather sums the
+gradients that the ranks computed for each slice and keeps the local one, so after DDP averages
+the parameter gradients over ranks they equal the gradient of the global-batch loss.
+Single-process runs (or a world of one) pass tensors through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    """Number of ranks of the default process group (1 when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _gather_sizes(rows: int, device: torch.device) -> list[int]:
+    local = torch.tensor([rows], device=device, dtype=torch.long)
+    sizes = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, local)
+    return [int(s.item()) for s in sizes]
+
+
+def _all_gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """All-gather along dim 0, allowing a different number of rows per rank."""
+    longest = max(sizes)
+    if x.shape[0] < longest:
+        pad = x.new_zeros((longest - x.shape[0], *x.shape[1:]))
+        x = torch.cat([x, pad])
+    parts = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        rank = dist.get_rank()
+        ctx.start = sum(sizes[:rank])
+        ctx.rows = sizes[rank]
+        return _all_gather_padded(x, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # every rank's gradient for every slice
+        return grad[ctx.start : ctx.start + ctx.rows], None
+
+
+def gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate ``x`` (rows = local samples) over all ranks in rank order.
+
+    Gradients flow back to the local rows (summed over the ranks' copies of the loss). Tensors
+    that need no gradient (pids, weights) are gathered the same way, without the autograd node.
+    """
+    if world_size() == 1:
+        return x
+    sizes = sizes if sizes is not None else _gather_sizes(x.shape[0], x.device)
+    if x.requires_grad:
+        return _GatherWithGrad.apply(x, sizes)
+    return _all_gather_padded(x, sizes)
+
+
+def gather_batch(tensors: Mapping[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
+    """Gather several per-sample tensors of one batch (same local row count); None stays None."""
+    if world_size() == 1:
+        return dict(tensors)
+    present = [t for t in tensors.values() if t is not None]
+    if not present:
+        return dict(tensors)
+    rows = present[0].shape[0]
+    for name, t in tensors.items():
+        if t is not None and t.shape[0] != rows:
+            raise ValueError(f"cannot gather {name!r}: {t.shape[0]} rows, expected {rows}")
+    sizes = _gather_sizes(rows, present[0].device)
+    return {k: None if t is None else gather_with_grad(t, sizes) for k, t in tensors.items()}
