@@ -20,6 +20,7 @@ usage: tbps <command> [key=value ...] [--cfg job]
 
 commands:
   train               train, validate every epoch, test best and last (default: synthetic data)
+                      tbps train resume=RUN_DIR continues an interrupted run in its folder
   eval                evaluate a checkpoint: tbps eval ckpt_path=RUN/checkpoints/best.ckpt
   convert             OpenAI / open_clip CLIP checkpoint -> HF folder: tbps convert src=FILE out=DIR
   data synth          write the synthetic dataset: tbps data synth out=DIR [num_identities=N seed=S]
@@ -240,6 +241,17 @@ RUNNERS: dict[str, Callable] = {
 }
 
 
+def _resumed_config(args: Sequence[str]):
+    """``tbps train resume=RUN_DIR [key=value ...]``: the run's saved config (or None)."""
+    resume = [a for a in args if a.startswith("resume=")]
+    if not resume or resume[-1] == "resume=null":
+        return None
+    from tbps.training.resume import resume_config
+
+    others = [a for a in args if not a.startswith("resume=")]
+    return resume_config(resume[-1].partition("=")[2], others)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -267,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _setup_logging()
     try:
-        cfg = compose_config(VERBS[verb], args)
+        cfg = _resumed_config(args) if verb == "train" else None
+        cfg = cfg if cfg is not None else compose_config(VERBS[verb], args)
         if print_cfg is not None:
             from omegaconf import OmegaConf
 

@@ -9,6 +9,7 @@ from torch import nn
 from tbps.errors import ConfigError
 from tbps.training.optim import (
     GroupSpec,
+    OptimSettings,
     Schedule,
     build_optimizer,
     build_scheduler,
@@ -118,3 +119,25 @@ def test_schedule_validation_and_steps_per_epoch():
     with pytest.raises(ConfigError, match="does not fit"):
         Schedule(10, warmup_steps=11)
     assert steps_per_epoch(10, 4) == 3 and steps_per_epoch(8, 4) == 2 and steps_per_epoch(7, 1) == 7
+
+
+def test_optim_settings_from_config():
+    settings = OptimSettings.from_mapping(
+        {
+            "name": "adam",
+            "lr": 1e-5,
+            "groups": {"heads": {"patterns": ["heads.*"], "lr": 5e-5}},
+            "schedule": "step",
+            "milestones": [2, 4],
+            "warmup_epochs": 0.5,
+            "warmup": "constant",
+        }
+    )
+    assert settings.groups[0].lr == 5e-5
+    schedule = settings.schedule_for(steps_per_epoch=10, total_steps=60)
+    assert schedule.warmup_steps == 5 and schedule.milestones == (20, 40)
+    assert isinstance(settings.build_optimizer(Toy()), torch.optim.Adam)
+    with pytest.raises(ConfigError, match=r"optim: unknown key\(s\) \['lrate'\]"):
+        OptimSettings.from_mapping({"lrate": 1})
+    with pytest.raises(ConfigError, match="unknown optim.schedule"):
+        OptimSettings.from_mapping({"schedule": "cosin"})

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
 from tbps.data.datasets import Collator, GalleryImages, QueryCaptions, TrainPairs
@@ -38,6 +39,25 @@ def seed_worker(worker_id: int) -> None:
         info.dataset.reseed(seed)
 
 
+def _epoch_seeded_generator(sampler: DistributedSampler, seed: int) -> torch.Generator:
+    """The train loader's own generator, reseeded from (seed, epoch) by ``sampler.set_epoch``.
+
+    A DataLoader draws its workers' base seed from this generator when an iterator is made.
+    Lightning makes the train iterator once or twice per epoch depending on whether the run
+    was resumed; with its own per-epoch generator that no longer shifts the global RNG stream
+    (which augmentation uses), and worker seeds depend only on the seed and the epoch.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    set_epoch = sampler.set_epoch
+
+    def set_epoch_and_reseed(epoch: int) -> None:
+        set_epoch(epoch)
+        generator.manual_seed(seed * 1_000_003 + epoch)
+
+    sampler.set_epoch = set_epoch_and_reseed
+    return generator
+
+
 class TBPSDataModule(L.LightningDataModule):
     """Training pairs (pids remapped to 0..N-1) plus gallery/query loaders for val and test.
 
@@ -47,8 +67,8 @@ class TBPSDataModule(L.LightningDataModule):
     Training batches: ``sampler`` ``random`` (shuffled, seeded) or ``identity`` (P x K:
     ``batch_size / num_instances`` persons, ``num_instances`` samples each; see
     :class:`IdentitySampler`). Under DDP the identity sampler shards the batches itself and is
-    a ``DistributedSampler``, so Lightning leaves it in place; the random sampler is replaced by
-    Lightning's ``DistributedSampler`` as usual (``use_distributed_sampler=True``).
+    a ``DistributedSampler``, so Lightning leaves it in place; the random sampler is an
+    epoch-seeded ``DistributedSampler`` too (reproducible order across resumes and world sizes).
     Extra views (off by default): ``mvs`` -> ``aug_images``, ``ss_views`` -> ``ss_images1/2``,
     ``mlm`` -> ``mlm_input_ids`` / ``mlm_labels`` (masking a copy; ``input_ids`` stay intact),
     ``text_augment`` -> EDA on training captions.
@@ -108,6 +128,7 @@ class TBPSDataModule(L.LightningDataModule):
         self._train: TrainPairs | None = None
         self._eval: dict[str, tuple[GalleryImages, QueryCaptions]] = {}
         self.num_classes = 0
+        self._resume_epoch: int | None = None
 
     # -- building -------------------------------------------------------------------------
     def _images(self, split: str):
@@ -158,24 +179,43 @@ class TBPSDataModule(L.LightningDataModule):
         self,
         dataset,
         batch_size: int,
-        shuffle: bool,
         drop_last: bool,
         collate: Collator | None = None,
-        sampler: IdentitySampler | None = None,
+        sampler: DistributedSampler | None = None,
+        generator: torch.Generator | None = None,
     ) -> DataLoader:
-        seeded = shuffle or sampler is not None
-        generator = torch.Generator().manual_seed(self.seed) if seeded else None
+        # Workers are not persistent: each epoch reseeds them (see _epoch_seeded_generator).
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
             collate_fn=collate or self.collate,
-            generator=generator,
             worker_init_fn=seed_worker if self.num_workers > 0 else None,
+            generator=generator,
+        )
+
+    def reseed_train_randomness(self, seed: int) -> None:
+        """Reseed the training dataset's own generators (caption augmentation) in this process.
+
+        Called at every epoch start with a seed drawn from the global RNG, so with
+        ``num_workers=0`` the augmentation stream survives a resume exactly.
+        """
+        if self._train is not None:
+            self._train.reseed(seed)
+
+    def random_sampler(self) -> DistributedSampler:
+        """Shuffled training order that depends only on ``seed`` and the epoch (``set_epoch``),
+        so a resumed run sees the same batches; under DDP rank r takes positions r, r + W, ...
+        of the permutation, so the global batch equals the single-process one."""
+        initialised = dist.is_available() and dist.is_initialized()
+        return DistributedSampler(
+            self.build_train(),
+            num_replicas=dist.get_world_size() if initialised else 1,
+            rank=dist.get_rank() if initialised else 0,
+            seed=self.seed,
+            drop_last=True,
         )
 
     def identity_sampler(self) -> IdentitySampler:
@@ -190,25 +230,35 @@ class TBPSDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        train = self.build_train()
-        if self.sampler == "identity":
-            return self._loader(
-                train,
-                self.batch_size,
-                shuffle=False,
-                drop_last=True,
-                collate=self.train_collate,
-                sampler=self.identity_sampler(),
-            )
+        sampler = self.identity_sampler() if self.sampler == "identity" else self.random_sampler()
+        generator = _epoch_seeded_generator(sampler, self.seed)
+        if self._resume_epoch is not None:
+            # Lightning makes the first iterator of a resumed run before it sets the epoch
+            sampler.set_epoch(self._resume_epoch)
         return self._loader(
-            train, self.batch_size, shuffle=True, drop_last=True, collate=self.train_collate
+            self.build_train(),
+            self.batch_size,
+            drop_last=True,
+            collate=self.train_collate,
+            sampler=sampler,
+            generator=generator,
         )
+
+    def state_dict(self) -> dict:
+        """Checkpointed: the epoch a resumed run starts with."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        return {"resume_epoch": trainer.fit_loop.epoch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_epoch = state.get("resume_epoch")
 
     def eval_dataloaders(self, split: str) -> list[DataLoader]:
         gallery, queries = self.build_eval(split)
         return [
-            self._loader(gallery, self.eval_batch_size, shuffle=False, drop_last=False),
-            self._loader(queries, self.eval_batch_size, shuffle=False, drop_last=False),
+            self._loader(gallery, self.eval_batch_size, drop_last=False),
+            self._loader(queries, self.eval_batch_size, drop_last=False),
         ]
 
     def val_dataloader(self) -> list[DataLoader]:

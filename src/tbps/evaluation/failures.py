@@ -144,3 +144,31 @@ def write_failure_report(
     )
     out_path.write_text(page, encoding="utf-8")
     return out_path
+
+
+def wandb_failure_table(
+    cases: Sequence[FailureCase], captions: Sequence[str], gallery_paths: Sequence[str]
+):
+    """The failure cases as a ``wandb.Table``: query, pid, first true image and its rank,
+    then the top-10 images captioned with their pids."""
+    import wandb
+
+    k = max((len(c.top_indices) for c in cases), default=10)
+    columns = ["query", "pid", "first_true_rank", "first_true_image"] + [
+        f"top{i}" for i in range(1, k + 1)
+    ]
+    table = wandb.Table(columns=columns)
+    for case in cases:
+        top = [
+            wandb.Image(gallery_paths[g], caption=f"pid {pid}")
+            for g, pid in zip(case.top_indices, case.top_pids)
+        ]
+        top += [None] * (k - len(top))
+        table.add_data(
+            captions[case.query_index],
+            case.query_pid,
+            case.first_true_rank,
+            wandb.Image(gallery_paths[case.first_true_index], caption=f"pid {case.query_pid}"),
+            *top,
+        )
+    return table

@@ -1,17 +1,21 @@
-"""Read tbps Lightning checkpoints back into a model and its tokenizer."""
+"""Checkpoints: atomic writing, RNG state for exact resume, compatibility checks, reading back."""
 
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from tbps.data.tokenization import tokenizer_from_json
-from tbps.errors import DataError
+from tbps.errors import ConfigError, DataError
 from tbps.model.tbps import TBPSModel
 
 
@@ -56,3 +60,96 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TBPSModel, PreTrainedToken
     }
     model.load_state_dict(state)
     return model.eval(), tokenizer_from_state(ckpt["tbps_tokenizer"])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same folder, then renames it into
+    place: an interrupted save never leaves a truncated ``last.ckpt`` or ``best.ckpt``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO does not take storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class RNGState(Callback):
+    """Saves the torch, numpy and Python RNG states in checkpoints and restores them on resume,
+    so a resumed CPU run draws the same augmentations and masks as an uninterrupted one.
+
+    The restored state is applied at the first training-epoch start, not at load time:
+    Lightning's fit start consumes random numbers after loading, which an uninterrupted run
+    does not do between saving and the next epoch. Each epoch it also reseeds the
+    datamodule's own generators (caption augmentation) from the torch RNG.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "gauss": float(gauss),
+                "kind": str(kind),
+            },
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending = state
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self._pending is not None:
+            state, self._pending = self._pending, None
+            torch.set_rng_state(state["torch"])
+            n = state["numpy"]
+            keys = n["keys"].numpy().astype(np.uint32)
+            np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
+            random.setstate(_as_tuples(state["python"]))
+        datamodule = trainer.datamodule
+        if hasattr(datamodule, "reseed_train_randomness"):
+            datamodule.reseed_train_randomness(int(torch.randint(2**31 - 1, (1,)).item()))
+
+
+def _as_tuples(value):
+    """random.setstate needs tuples where a round trip may have produced lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def check_compatible(module: torch.nn.Module, ckpt_path: str | os.PathLike) -> None:
+    """Raise a ConfigError naming the first parameter whose shape differs from the checkpoint's
+    (e.g. a checkpoint of another backbone), before any training work."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"cannot read checkpoint {ckpt_path}: {e}") from e
+    saved = ckpt.get("state_dict", {})
+    current = module.state_dict()
+    missing = [k for k in current if k not in saved]
+    unexpected = [k for k in saved if k not in current]
+    if missing or unexpected:
+        raise ConfigError(
+            f"{ckpt_path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]} "
+            "(was it written with another backbone or objectives?)"
+        )
+    for key, value in current.items():
+        if tuple(saved[key].shape) != tuple(value.shape):
+            raise ConfigError(
+                f"{ckpt_path} does not fit this model: {key} has shape {tuple(saved[key].shape)} "
+                f"in the checkpoint, {tuple(value.shape)} in the model (another backbone?)"
+            )

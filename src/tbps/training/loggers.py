@@ -40,12 +40,14 @@ def build_loggers(
     kinds: Sequence[str],
     run_dir: str | os.PathLike,
     name: str,
+    csv_version: str = "",
     wandb_project: str = "tbps",
     wandb_entity: str | None = None,
     wandb_mode: str | None = None,
 ) -> list[Logger]:
-    """Loggers writing under ``run_dir``: ``csv`` -> logs/metrics.csv, ``tensorboard`` ->
-    logs/tensorboard, ``wandb`` -> wandb/ (``wandb_mode="offline"`` needs no account)."""
+    """Loggers writing under ``run_dir``: ``csv`` -> logs/<csv_version>/metrics.csv,
+    ``tensorboard`` -> logs/tensorboard, ``wandb`` -> wandb/ (``wandb_mode="offline"`` needs no
+    account)."""
     unknown = [k for k in kinds if k not in LOGGERS]
     if unknown or not kinds:
         raise ConfigError(f"logger.types {list(kinds)}: valid entries are {', '.join(LOGGERS)}")
@@ -53,7 +55,7 @@ def build_loggers(
     loggers: list[Logger] = []
     for kind in kinds:
         if kind == "csv":
-            loggers.append(CSVLogger(save_dir=run_dir, name="logs", version=""))
+            loggers.append(CSVLogger(save_dir=run_dir, name="logs", version=csv_version))
         elif kind == "tensorboard":
             try:
                 loggers.append(

@@ -20,7 +20,7 @@ from tbps.losses import (
 from tbps.model.heads import TrainingHeads, fused_embedding
 from tbps.model.tbps import TBPSModel
 from tbps.training.distributed import gather_batch, world_size
-from tbps.training.optim import build_adamw, build_warmup_cosine
+from tbps.training.optim import OptimSettings, build_scheduler, steps_per_epoch
 from tbps.training.step import softlabel_ramp, step_inputs
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class TBPSLightningModule(L.LightningModule):
 
     Training minimises ``sum_k weight_k * objective_k``; every epoch the val split is encoded
     (gallery images once, every caption a query) and ``val/t2i/R1`` etc. are logged.
+    ``optim`` is the optim config section (:class:`tbps.training.optim.OptimSettings`).
     ``objectives`` is the objectives config (``{name: {enabled, weight, ...}}``, see
     :func:`tbps.losses.resolve_objectives`); the heads they need are built here (``heads``).
     ``on_nonfinite``: ``error`` stops at a NaN/Inf loss term, ``skip`` skips that batch
@@ -49,13 +50,7 @@ class TBPSLightningModule(L.LightningModule):
         model_spec: dict[str, Any],
         objectives: dict[str, Any],
         num_classes: int = 0,
-        lr: float = 1e-3,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.98),
-        eps: float = 1e-6,
-        warmup_epochs: float = 1.0,
-        warmup_start_factor: float = 0.01,
-        end_lr_factor: float = 0.01,
+        optim: dict[str, Any] | None = None,
         tokenizer_state: dict[str, Any] | None = None,
         on_nonfinite: str = "error",
         model: TBPSModel | None = None,
@@ -67,6 +62,7 @@ class TBPSLightningModule(L.LightningModule):
                 f"on_nonfinite_loss must be one of {', '.join(NONFINITE_POLICIES)}, "
                 f"got {on_nonfinite!r}"
             )
+        self.optim = OptimSettings.from_mapping(optim)
         self.objectives = resolve_objectives(objectives)
         # a prebuilt model carries pretrained weights; checkpoints rebuild it from the spec
         self.model = model if model is not None else TBPSModel.from_spec(model_spec)
@@ -78,7 +74,8 @@ class TBPSLightningModule(L.LightningModule):
         self.sample_weights: torch.Tensor | None = None
         self.tokenizer_state = tokenizer_state
         self._eval_buffers: dict[str, list[torch.Tensor]] = {}
-        self.results: dict[str, dict] = {}
+        self.results: dict[str, dict] = {}  # last metrics per prefix (val, test)
+        self.embeddings: dict[str, dict[str, torch.Tensor]] = {}  # last eval embeddings per prefix
 
     # -- heads --------------------------------------------------------------------------------
     def _build_heads(self, num_classes: int) -> TrainingHeads:
@@ -154,6 +151,16 @@ class TBPSLightningModule(L.LightningModule):
                 self.log(f"train/{name}_alpha", alpha, batch_size=batch_size)
         return losses["total"]
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log the global gradient norm (before clipping) at the logging interval."""
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
+            if grads:
+                norm = torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g) for g in grads])
+                )
+                self.log("train/grad_norm", norm, batch_size=1)
+
     def _finite(self, losses: dict[str, torch.Tensor], batch_idx: int) -> bool:
         """False when the batch is to be skipped; raises under the ``error`` policy."""
         if bool(torch.isfinite(losses["total"].detach())):
@@ -202,13 +209,17 @@ class TBPSLightningModule(L.LightningModule):
         return fused_embedding(out.embeds, tse)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = build_adamw(self, hp.lr, hp.weight_decay, hp.betas, hp.eps)
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        warmup = min(int(round(hp.warmup_epochs * per_epoch)), max(total - 1, 0))
-        scheduler = build_warmup_cosine(
-            optimizer, total, warmup, hp.warmup_start_factor, hp.end_lr_factor
+        optimizer = self.optim.build_optimizer(self)
+        trainer = self.trainer
+        total = int(trainer.estimated_stepping_batches)  # loads the train loader if needed
+        batches = trainer.num_training_batches
+        if batches == float("inf") or not batches:
+            per_epoch = max(1, round(total / max(1, trainer.max_epochs or 1)))
+        else:
+            per_epoch = steps_per_epoch(int(batches), trainer.accumulate_grad_batches)
+        scheduler = build_scheduler(optimizer, self.optim.schedule_for(per_epoch, total))
+        log.info(
+            "optimizer: %s, %d steps per epoch, %d steps in all", self.optim.name, per_epoch, total
         )
         return {
             "optimizer": optimizer,
@@ -217,33 +228,62 @@ class TBPSLightningModule(L.LightningModule):
 
     # -- evaluation ---------------------------------------------------------------------------
     def _eval_start(self) -> None:
-        self._eval_buffers = {"images": [], "image_pids": [], "texts": [], "text_pids": []}
+        self._eval_buffers = {
+            k: [] for k in ("images", "image_pids", "image_idx", "texts", "text_pids", "text_idx")
+        }
 
     def _eval_step(self, batch: dict, dataloader_idx: int) -> None:
         if dataloader_idx == 0:
             self._eval_buffers["images"].append(self.encode_images(batch["images"]).float())
             self._eval_buffers["image_pids"].append(batch["pids"])
+            self._eval_buffers["image_idx"].append(batch["indices"])
         else:
             feats = self.encode_texts(batch["input_ids"], batch["attention_mask"])
             self._eval_buffers["texts"].append(feats.float())
             self._eval_buffers["text_pids"].append(batch["pids"])
+            self._eval_buffers["text_idx"].append(batch["indices"])
+
+    def _gather_split(self, feats: torch.Tensor, pids: torch.Tensor, idx: torch.Tensor):
+        """Features of every rank, in dataset order, each sample once.
+
+        Lightning's eval sampler gives every rank the same number of samples (padding with
+        repeats), so the tensors can be all-gathered and de-duplicated by dataset index.
+        """
+        if self.trainer.world_size > 1:
+            feats, pids, idx = (self.all_gather(t).flatten(0, 1) for t in (feats, pids, idx))
+        order = torch.argsort(idx, stable=True)
+        feats, pids, idx = feats[order], pids[order], idx[order]
+        keep = torch.ones_like(idx, dtype=torch.bool)
+        keep[1:] = idx[1:] != idx[:-1]
+        return feats[keep].cpu(), pids[keep].cpu()
 
     def _eval_end(self, prefix: str) -> None:
-        buffers = {k: torch.cat(v).cpu() for k, v in self._eval_buffers.items() if v}
+        buffers = {k: torch.cat(v) for k, v in self._eval_buffers.items() if v}
         self._eval_buffers = {}
-        if set(buffers) != {"images", "image_pids", "texts", "text_pids"}:
+        if len(buffers) != 6:
             log.warning("%s: gallery or query loader produced no batch; metrics skipped", prefix)
             return
-        results = evaluate_embeddings(
-            buffers["images"], buffers["image_pids"], buffers["texts"], buffers["text_pids"]
+        images, image_pids = self._gather_split(
+            buffers["images"], buffers["image_pids"], buffers["image_idx"]
         )
+        texts, text_pids = self._gather_split(
+            buffers["texts"], buffers["text_pids"], buffers["text_idx"]
+        )
+        results = evaluate_embeddings(images, image_pids, texts, text_pids)
         self.results[prefix] = results
+        self.embeddings[prefix] = {
+            "images": images,
+            "image_pids": image_pids,
+            "texts": texts,
+            "text_pids": text_pids,
+        }
         for task, metrics in results.items():
             for key in ("R1", "R5", "R10", "mAP", "mINP"):
                 self.log(
                     f"{prefix}/{task}/{key}",
                     float(metrics[key]),
                     prog_bar=(key == "R1" and task == "t2i"),
+                    sync_dist=self.trainer.world_size > 1,  # equal on every rank already
                 )
 
     def on_validation_epoch_start(self) -> None:

@@ -128,17 +128,6 @@ def build_optimizer(
     return cls(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
-def build_adamw(
-    model: nn.Module,
-    lr: float,
-    weight_decay: float = 0.05,
-    betas: Sequence[float] = (0.9, 0.98),
-    eps: float = 1e-6,
-) -> torch.optim.Optimizer:
-    """AdamW with decay / no-decay groups (the default optimizer)."""
-    return build_optimizer(model, "adamw", lr, weight_decay, betas, eps)
-
-
 @dataclass(frozen=True)
 class Schedule:
     """Per-step learning-rate schedule, applied to each group relative to its own base lr.
@@ -212,26 +201,6 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
 
 
-def warmup_cosine_factor(
-    step: int, total_steps: int, warmup_steps: int, warmup_start: float = 0.01, end: float = 0.01
-) -> float:
-    """Linear warm-up then cosine multiplier (see :class:`Schedule`)."""
-    return Schedule(total_steps, "cosine", warmup_steps, "linear", warmup_start, end).factor(step)
-
-
-def build_warmup_cosine(
-    optimizer: torch.optim.Optimizer,
-    total_steps: int,
-    warmup_steps: int,
-    warmup_start: float = 0.01,
-    end: float = 0.01,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step linear warm-up + cosine schedule on every group."""
-    return build_scheduler(
-        optimizer, Schedule(total_steps, "cosine", warmup_steps, "linear", warmup_start, end)
-    )
-
-
 def steps_per_epoch(num_batches: int, accumulate: int = 1) -> int:
     """Optimizer steps in an epoch of ``num_batches``: a trailing partial accumulation is a step."""
     if accumulate < 1:
@@ -265,3 +234,71 @@ def group_specs(groups: Mapping[str, Mapping] | None) -> list[GroupSpec]:
             )
         )
     return specs
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """The ``optim`` config section as plain values (see configs/optim/*.yaml)."""
+
+    name: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    momentum: float = 0.9
+    bias_lr_factor: float = 1.0
+    groups: tuple[GroupSpec, ...] = ()
+    schedule: str = "cosine"
+    warmup: str = "linear"
+    warmup_epochs: float = 1.0
+    warmup_start_factor: float = 0.01
+    end_lr_factor: float = 0.01
+    power: float = 0.9
+    gamma: float = 0.1
+    milestones: tuple[float, ...] = ()  # in epochs
+
+    @classmethod
+    def from_mapping(cls, values: Mapping | None) -> OptimSettings:
+        values = dict(values or {})
+        valid = {f for f in cls.__dataclass_fields__}
+        unknown = set(values) - valid
+        if unknown:
+            raise ConfigError(
+                f"optim: unknown key(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}"
+            )
+        if "groups" in values:
+            values["groups"] = tuple(group_specs(values["groups"]))
+        for key in ("betas", "milestones"):
+            if key in values:
+                values[key] = tuple(values[key])
+        settings = cls(**values)
+        settings.schedule_for(1, 1)  # validates the schedule settings early
+        return settings
+
+    def schedule_for(self, steps_per_epoch: int, total_steps: int) -> Schedule:
+        """The per-step :class:`Schedule` for a run of ``total_steps`` optimizer steps."""
+        warmup = min(round(self.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
+        return Schedule(
+            total_steps=total_steps,
+            mode=self.schedule,
+            warmup_steps=warmup,
+            warmup=self.warmup,
+            warmup_start_factor=self.warmup_start_factor,
+            end_factor=self.end_lr_factor,
+            power=self.power,
+            gamma=self.gamma,
+            milestones=tuple(round(m * steps_per_epoch) for m in self.milestones),
+        )
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(
+            model,
+            self.name,
+            self.lr,
+            self.weight_decay,
+            self.betas,
+            self.eps,
+            self.momentum,
+            self.groups,
+            self.bias_lr_factor,
+        )

@@ -12,8 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from tbps.data.datamodule import TBPSDataModule
@@ -24,6 +23,7 @@ from tbps.data.tokenization import train_caption_tokenizer
 from tbps.data.views import DataViews, required_views
 from tbps.errors import ConfigError
 from tbps.evaluation.evaluator import format_table
+from tbps.evaluation.failures import find_failures, wandb_failure_table, write_failure_report
 from tbps.evaluation.metrics import chance_level
 from tbps.losses import resolve_objectives
 from tbps.model.factory import (
@@ -35,7 +35,8 @@ from tbps.model.factory import (
 from tbps.model.finetune import count_parameters, finetune_settings
 from tbps.model.pretrained import read_config, resolve_backbone_path, weight_files
 from tbps.training.boosting import HardSampleBoosting
-from tbps.training.checkpoint import tokenizer_state
+from tbps.training.checkpoint import AtomicCheckpointIO, RNGState, check_compatible, tokenizer_state
+from tbps.training.loggers import build_loggers, provenance
 from tbps.training.module import TBPSLightningModule
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate every epoch, test the best and the last weights; returns metrics.json."""
     start = time.time()
     objectives = resolve_objectives(OmegaConf.to_container(cfg.objectives, resolve=True))
-    run_dir = resolve_run_dir(cfg.run_dir, cfg.runs_dir, cfg.name)
+    resume = _resume_checkpoint(cfg)
+    run_dir = resume.parents[1] if resume else resolve_run_dir(cfg.run_dir, cfg.runs_dir, cfg.name)
+    check_devices(cfg.trainer)
     _check_backbone(cfg)
     dataset = dataset_from_config(cfg)  # fail on bad data before creating the run folder
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -171,10 +174,122 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(file_log)
     try:
-        return _run(cfg, run_dir, dataset, objectives, start)
+        return _run(cfg, run_dir, dataset, objectives, start, resume)
     finally:
         logging.getLogger().removeHandler(file_log)
         file_log.close()
+
+
+def _resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """``<resume>/checkpoints/last.ckpt`` when resuming (``resume=RUN_DIR``), else None."""
+    resume = cfg.get("resume")
+    if not resume:
+        return None
+    ckpt = Path(resume).expanduser() / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise ConfigError(f"cannot resume {resume}: no checkpoints/last.ckpt in it")
+    return ckpt
+
+
+def check_devices(trainer: DictConfig) -> None:
+    """Reject a device request this machine cannot serve, before any work."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    devices = trainer.get("devices", 1)
+    precision = str(trainer.get("precision", "32-true"))
+    gpus = torch.cuda.device_count()
+    if accelerator in ("gpu", "cuda"):
+        if gpus == 0:
+            raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU")
+        wanted = len(devices) if isinstance(devices, list | tuple) else devices
+        if isinstance(wanted, int) and wanted > gpus:
+            raise ConfigError(
+                f"trainer.devices={devices} asks for {wanted} GPUs; this machine has {gpus}"
+            )
+    if precision.startswith("16") and (gpus == 0 or accelerator == "cpu"):
+        raise ConfigError(
+            f"trainer.precision={precision} (fp16 with loss scaling) needs a GPU; on CPU use "
+            "32-true (bf16-mixed runs but is many times slower on CPUs without bf16 units)"
+        )
+
+
+def _callbacks(cfg: DictConfig, run_dir: Path) -> tuple[ModelCheckpoint, list]:
+    """(best-on-val checkpoint callback, all callbacks). ``last.ckpt`` has its own callback:
+    Lightning's ``save_last`` only refreshes it when the best checkpoint changes, which would
+    make a resume repeat epochs."""
+    folder = run_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(
+        dirpath=folder,
+        filename="best",
+        monitor="val/t2i/R1",
+        mode="max",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    last = ModelCheckpoint(
+        dirpath=folder, filename="last", save_top_k=1, enable_version_counter=False
+    )
+    callbacks = [checkpoint, last, LearningRateMonitor(logging_interval="step"), RNGState()]
+    stop = cfg.early_stopping
+    if stop.enabled:
+        callbacks.append(
+            EarlyStopping(
+                monitor=stop.monitor,
+                mode=stop.mode,
+                patience=stop.patience,
+                min_delta=stop.min_delta,
+                verbose=True,
+            )
+        )
+    return checkpoint, callbacks + _boosting_callbacks(cfg)
+
+
+def _loggers(cfg: DictConfig, run_dir: Path, resumed: bool) -> list:
+    """Experiment loggers; a resumed run writes its CSV log into logs/resume-<n>/ so the first
+    part's metrics.csv is never overwritten."""
+    version = ""
+    if resumed:
+        n = 1
+        while (run_dir / "logs" / f"resume-{n}").exists():
+            n += 1
+        version = f"resume-{n}"
+    wandb = cfg.logger.get("wandb") or {}
+    return build_loggers(
+        list(cfg.logger.types),
+        run_dir,
+        cfg.name,
+        csv_version=version,
+        wandb_project=wandb.get("project", "tbps"),
+        wandb_entity=wandb.get("entity"),
+        wandb_mode=wandb.get("mode"),
+    )
+
+
+def _failure_report(
+    cfg: DictConfig,
+    module: TBPSLightningModule,
+    datamodule: TBPSDataModule,
+    run_dir: Path,
+    loggers: list,
+) -> str | None:
+    """failures.html in the run folder (and a W&B table when W&B logs) for the test split."""
+    emb = module.embeddings.get("test")
+    limit = cfg.report.failures
+    if emb is None or not limit:
+        return None
+    gallery, queries = datamodule.build_eval(cfg.data.test_split)
+    sim = emb["texts"] @ emb["images"].t()
+    cases = find_failures(sim, emb["text_pids"], emb["image_pids"], k=10, limit=limit)
+    captions = [c for _, c in queries.queries]
+    paths = [p for _, p in gallery.gallery]
+    out = write_failure_report(
+        cases, captions, paths, run_dir / "failures.html", title=f"{cfg.name}: test failures"
+    )
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.log({"test/failures": wandb_failure_table(cases, captions, paths)})
+    log.info("failure report: %s (%d queries)", out, len(cases))
+    return str(out)
 
 
 def _boosting_callbacks(cfg: DictConfig) -> list[HardSampleBoosting]:
@@ -198,9 +313,12 @@ def _run(
     dataset: DatasetSplits,
     objectives: dict[str, dict[str, Any]],
     start: float,
+    resume: Path | None = None,
 ) -> dict[str, Any]:
-    log.info("run folder: %s", run_dir)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    log.info("%s run folder: %s", "resuming in" if resume else "new", run_dir)
+    if resume is None:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        (run_dir / "provenance.json").write_text(json.dumps(provenance(), indent=2))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_captions = [c for img in dataset.split("train") for c in img.captions]
     spec, tokenizer, model = _build_model_spec(cfg, train_captions)
@@ -230,13 +348,7 @@ def _run(
         model_spec=spec,
         objectives=objectives,
         num_classes=datamodule.num_classes,
-        lr=cfg.optim.lr,
-        weight_decay=cfg.optim.weight_decay,
-        betas=tuple(cfg.optim.betas),
-        eps=cfg.optim.eps,
-        warmup_epochs=cfg.optim.warmup_epochs,
-        warmup_start_factor=cfg.optim.warmup_start_factor,
-        end_lr_factor=cfg.optim.end_lr_factor,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
         tokenizer_state=tokenizer_state(tokenizer),
         model=model,
         on_nonfinite=cfg.on_nonfinite_loss,
@@ -250,29 +362,27 @@ def _run(
         100.0 * n_trainable / max(n_params, 1),
     )
 
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val/t2i/R1",
-        mode="max",
-        save_top_k=1,
-        save_last=True,
-        auto_insert_metric_name=False,
-    )
-    if cfg.logger.type != "csv":
-        raise ConfigError(f"unknown logger.type {cfg.logger.type!r}; valid: csv")
+    checkpoint, callbacks = _callbacks(cfg, run_dir)
+    loggers = _loggers(cfg, run_dir, resumed=resume is not None)
+    for logger in loggers:
+        logger.log_hyperparams(
+            {"config": OmegaConf.to_container(cfg, resolve=True), "provenance": provenance()}
+        )
     trainer = L.Trainer(
         default_root_dir=run_dir,
-        logger=CSVLogger(save_dir=run_dir, name="logs", version=""),
-        callbacks=[
-            checkpoint,
-            LearningRateMonitor(logging_interval="step"),
-            *_boosting_callbacks(cfg),
-        ],
+        logger=loggers,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0,
         **_trainer_kwargs(cfg),
     )
-    trainer.fit(module, datamodule=datamodule)
+    zero_shot = None
+    if resume is not None:
+        check_compatible(module, resume)
+    elif cfg.validate_before_training:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        zero_shot = module.results.get("val")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
 
     results: dict[str, Any] = {}
     trainer.test(module, datamodule=datamodule, verbose=False)
@@ -295,7 +405,9 @@ def _run(
             else None,
             "checkpoint": best_path or None,
         },
-        "last_checkpoint": checkpoint.last_model_path or None,
+        "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+        "zero_shot_val": zero_shot,
+        "resumed_from": str(resume) if resume else None,
         "chance": {
             "t2i": chance_level([p for p, _ in queries.queries], [p for p, _ in gallery.gallery]),
             "i2t": chance_level([p for p, _ in gallery.gallery], [p for p, _ in queries.queries]),
@@ -308,11 +420,14 @@ def _run(
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": torch.get_num_threads(),
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    rows = {f"test ({k})": v for k, v in results.items() if v}
-    rows["chance"] = metrics["chance"]
-    print(format_table(rows))
-    print(
-        f"run folder: {run_dir}  ({metrics['wall_seconds']} s, peak RSS {metrics['peak_rss_mib']} MiB)"
-    )
+    if trainer.is_global_zero:
+        metrics["failure_report"] = _failure_report(cfg, module, datamodule, run_dir, loggers)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        rows = {f"test ({k})": v for k, v in results.items() if v}
+        rows["chance"] = metrics["chance"]
+        print(format_table(rows))
+        print(
+            f"run folder: {run_dir}  ({metrics['wall_seconds']} s, peak RSS "
+            f"{metrics['peak_rss_mib']} MiB)"
+        )
     return metrics

@@ -1,8 +1,5 @@
-"""Caption tokenizer (train, fixed length, serialise) and the warm-up + cosine schedule."""
+"""Caption tokenizer: train, fixed length, serialise."""
 
-import math
-
-import pytest
 import torch
 
 from tbps.data.tokenization import (
@@ -12,7 +9,6 @@ from tbps.data.tokenization import (
     tokenizer_to_json,
     train_caption_tokenizer,
 )
-from tbps.training.optim import build_adamw, parameter_groups, warmup_cosine_factor
 
 CAPTIONS = ["A woman in a RED coat.", "The man wears blue jeans, white sneakers"] * 10
 
@@ -33,21 +29,3 @@ def test_tokenizer_fixed_length_with_specials_and_round_trips(tmp_path):
             tokenize(other, CAPTIONS[:2], 12)["input_ids"],
             tokenize(tok, CAPTIONS[:2], 12)["input_ids"],
         )
-
-
-def test_warmup_cosine_schedule_values():
-    assert warmup_cosine_factor(0, 100, 10, 0.01, 0.0) == pytest.approx(0.01)
-    assert warmup_cosine_factor(5, 100, 10, 0.01, 0.0) == pytest.approx(0.01 + 0.99 * 0.5)
-    assert warmup_cosine_factor(10, 100, 10, 0.01, 0.0) == pytest.approx(1.0)
-    assert warmup_cosine_factor(55, 100, 10, 0.01, 0.1) == pytest.approx(
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2))
-    )
-    assert warmup_cosine_factor(100, 100, 10, 0.01, 0.1) == pytest.approx(0.1)
-
-
-def test_no_weight_decay_on_biases_and_norms():
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
-    model[1].weight.requires_grad_(False)
-    groups = parameter_groups(model, 0.1)
-    assert [len(g["params"]) for g in groups] == [1, 2] and groups[1]["weight_decay"] == 0.0
-    assert len(build_adamw(model, 1e-3).param_groups) == 2
