@@ -141,3 +141,11 @@ def test_optim_settings_from_config():
         OptimSettings.from_mapping({"lrate": 1})
     with pytest.raises(ConfigError, match="unknown optim.schedule"):
         OptimSettings.from_mapping({"schedule": "cosin"})
+
+
+def test_fused_attention_biases_count_as_biases():
+    attention = nn.MultiheadAttention(8, 2)
+    groups = by_name(parameter_groups(attention, 0.1, 1e-3, bias_lr_factor=2.0))
+    biases = {id(p) for p in groups["default/bias"]["params"]}
+    assert id(attention.in_proj_bias) in biases and id(attention.out_proj.bias) in biases
+    assert groups["default/bias"]["lr"] == 2e-3 and groups["default/bias"]["weight_decay"] == 0.0

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,13 @@ from typing import Any
 from tbps.data.formats import parse_dataset
 from tbps.data.records import DatasetSplits
 from tbps.data.splits import apply_split_rules
-from tbps.errors import ConfigError
+from tbps.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+#: how long a non-zero rank waits for rank 0 to generate the synthetic data (as torch's
+#: default process-group timeout)
+SYNTH_WAIT_SECONDS = 1800.0
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -31,15 +36,48 @@ def synthetic_cache_path(cache_dir: Path, synth: Mapping[str, Any]) -> Path:
     return cache_dir / "synthetic" / key
 
 
-def ensure_synthetic(cache_dir: Path, synth: Mapping[str, Any], progress: bool = True) -> Path:
-    """Generate the synthetic dataset for ``synth`` settings into the cache unless already there."""
+def wait_for_synthetic(out: Path, timeout: float = SYNTH_WAIT_SECONDS, poll: float = 0.5) -> None:
+    """Block until another process has finished the synthetic dataset in ``out`` (its marker
+    file, written last, exists); a DataError after ``timeout`` seconds."""
+    from tbps.data.synthetic import SYNTH_MARKER
+
+    marker = out / SYNTH_MARKER
+    if marker.is_file():
+        return
+    log.info("waiting for rank 0 to generate the synthetic dataset in %s", out)
+    deadline = time.monotonic() + timeout
+    while not marker.is_file():
+        if time.monotonic() > deadline:
+            raise DataError(
+                f"waited {timeout:.0f} s for rank 0 to generate the synthetic dataset in {out} "
+                f"(no {SYNTH_MARKER} yet): did rank 0 fail, or is the cache not on a file "
+                "system all nodes share? Generate it beforehand with `tbps data synth out=DIR "
+                "...` and train with data.root=DIR"
+            )
+        time.sleep(poll)
+
+
+def ensure_synthetic(
+    cache_dir: Path,
+    synth: Mapping[str, Any],
+    progress: bool = True,
+    generate: bool = True,
+    wait_timeout: float = SYNTH_WAIT_SECONDS,
+) -> Path:
+    """Generate the synthetic dataset for ``synth`` settings into the cache unless already there.
+
+    ``generate=False`` (ranks other than 0 of a multi-process launch) waits up to
+    ``wait_timeout`` seconds for rank 0 to write it instead of generating it concurrently.
+    """
     from tbps.data.synthetic import SynthConfig, generate_synthetic_dataset
 
     settings = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in synth.items()}
     out = synthetic_cache_path(cache_dir, settings)
     config = SynthConfig(**settings)
     log.info("synthetic dataset: %s", out)
-    generate_synthetic_dataset(out, config, progress=progress)
+    if not generate:
+        wait_for_synthetic(out, wait_timeout)
+    generate_synthetic_dataset(out, config, progress=progress and generate)
     return out
 
 
@@ -57,18 +95,22 @@ def load_dataset(
     proportion: float = 1.0,
     fold_id: int = 0,
     split_seed: int = 0,
+    generate: bool = True,
 ) -> DatasetSplits:
     """Parse the dataset at ``root`` and apply the split rules (carved val split, subset fold).
 
     With no ``root`` and ``synth`` settings, the synthetic dataset is generated into the cache
-    (``synth["layout"]`` ``vn3k`` writes the VN3K layout) and parsed with ``format_name``.
+    (``synth["layout"]`` ``vn3k`` writes the VN3K layout) and parsed with ``format_name``;
+    ``generate=False`` waits for another process (rank 0) to generate it.
     """
     if root is None:
         if synth is None:
             raise ConfigError(
                 f"data.root is not set for dataset {name!r}: point it at the dataset folder"
             )
-        root = ensure_synthetic(default_cache_dir(cache_dir), synth, progress=progress)
+        root = ensure_synthetic(
+            default_cache_dir(cache_dir), synth, progress=progress, generate=generate
+        )
     dataset = parse_dataset(format_name, root, on_bad_caption=on_bad_caption, **dict(options or {}))
     dataset.name = name
     return apply_split_rules(dataset, val_split, val_fraction, proportion, fold_id, split_seed)
@@ -94,10 +136,11 @@ def load_dataset_section(
     section: Mapping[str, Any],
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    generate: bool = True,
 ) -> DatasetSplits:
     """:func:`load_dataset` from a ``data`` config section given as a plain dict.
 
     Keys that only the data module reads (``on_bad_image``, ``test_split``) are ignored here.
     """
     kwargs = {arg: section[key] for key, arg in _SECTION_KEYS.items() if key in section}
-    return load_dataset(**kwargs, cache_dir=cache_dir, progress=progress)
+    return load_dataset(**kwargs, cache_dir=cache_dir, progress=progress, generate=generate)

@@ -32,15 +32,21 @@ def encode_split(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(image_feats, image_pids, text_feats, text_pids) of a gallery and query loader."""
+    """(image_feats, image_pids, text_feats, text_pids) of a gallery and query loader.
+
+    ``model`` has ``encode_images(images)`` and ``encode_texts(input_ids, attention_mask)``
+    returning unit-norm embeddings (a TBPSLightningModule).
+    """
     was_training = model.training
     model.eval()
     images, image_pids, texts, text_pids = [], [], [], []
     for batch in tqdm(gallery_loader, desc="gallery", disable=not progress, leave=False):
-        images.append(model.encode_image(batch["images"].to(device)).cpu())
+        images.append(model.encode_images(batch["images"].to(device)).cpu())
         image_pids.append(batch["pids"])
     for batch in tqdm(query_loader, desc="queries", disable=not progress, leave=False):
-        feats = model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        feats = model.encode_texts(
+            batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        )
         texts.append(feats.cpu())
         text_pids.append(batch["pids"])
     model.train(was_training)

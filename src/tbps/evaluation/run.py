@@ -13,10 +13,9 @@ from torch.utils.data import DataLoader
 from tbps.data.datasets import Collator, GalleryImages, QueryCaptions
 from tbps.data.images import check_images
 from tbps.data.records import gallery_and_queries
-from tbps.data.transforms import eval_transform
 from tbps.evaluation.evaluator import encode_split, evaluate_embeddings, format_table
 from tbps.evaluation.metrics import chance_level
-from tbps.training.checkpoint import load_checkpoint
+from tbps.training.checkpoint import load_for_evaluation
 from tbps.training.run import dataset_from_config
 
 log = logging.getLogger(__name__)
@@ -24,11 +23,11 @@ log = logging.getLogger(__name__)
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     """Encode the split's gallery and queries with the checkpoint; print and return metrics."""
-    model, tokenizer = load_checkpoint(cfg.ckpt_path)
+    module, tokenizer, transform = load_for_evaluation(cfg.ckpt_path)
+    model = module.model
     dataset = dataset_from_config(cfg)
     images = check_images(dataset.split(cfg.split), cfg.data.on_bad_image, cfg.split)
     gallery, queries = gallery_and_queries(images)
-    transform = eval_transform(model.image_size, model.image_mean, model.image_std)
     collate = Collator(tokenizer, model.text_length)
     loaders = [
         DataLoader(
@@ -39,7 +38,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         )
         for ds in (GalleryImages(gallery, transform), QueryCaptions(queries))
     ]
-    feats = encode_split(model, *loaders)
+    feats = encode_split(module, *loaders)
     results = evaluate_embeddings(*feats)
     chance = {
         "t2i": chance_level([p for p, _ in queries], [p for p, _ in gallery]),

@@ -40,8 +40,8 @@ def tokenizer_from_state(state: dict[str, Any]) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(folder)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[TBPSModel, PreTrainedTokenizerBase]:
-    """(model in eval mode, tokenizer) from a checkpoint written by ``tbps train``."""
+def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``tbps train`` checkpoint as a dict (weights-only loading), checked for what tbps needs."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path}")
@@ -54,7 +54,13 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TBPSModel, PreTrainedToken
         raise DataError(f"{path} is not a tbps training checkpoint (no model_spec / state_dict)")
     if "tbps_tokenizer" not in ckpt:
         raise DataError(f"{path} has no tokenizer (tbps_tokenizer); was it written by tbps train?")
-    model = TBPSModel.from_spec(hparams["model_spec"])
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[TBPSModel, PreTrainedTokenizerBase]:
+    """(model in eval mode, tokenizer) from a checkpoint written by ``tbps train``."""
+    ckpt = read_training_checkpoint(path)
+    model = TBPSModel.from_spec(ckpt["hyper_parameters"]["model_spec"])
     state = {
         k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
     }
@@ -135,7 +141,7 @@ def check_compatible(module: torch.nn.Module, ckpt_path: str | os.PathLike) -> N
     """Raise a ConfigError naming the first parameter whose shape differs from the checkpoint's
     (e.g. a checkpoint of another backbone), before any training work."""
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001
         raise DataError(f"cannot read checkpoint {ckpt_path}: {e}") from e
     saved = ckpt.get("state_dict", {})
@@ -153,3 +159,26 @@ def check_compatible(module: torch.nn.Module, ckpt_path: str | os.PathLike) -> N
                 f"{ckpt_path} does not fit this model: {key} has shape {tuple(saved[key].shape)} "
                 f"in the checkpoint, {tuple(value.shape)} in the model (another backbone?)"
             )
+
+
+def load_for_evaluation(path: str | os.PathLike) -> tuple[Any, PreTrainedTokenizerBase, Any]:
+    """(module in eval mode, tokenizer, eval image transform) of a training checkpoint.
+
+    The whole LightningModule is rebuilt, so retrieval uses exactly what validation used
+    (e.g. RDE's fused global + token-selection embeddings), with the training run's eval
+    preprocessing (size, mean/std and the augment preset's resize interpolation).
+    """
+    from tbps.data.transforms import build_image_transforms
+    from tbps.training.module import TBPSLightningModule
+
+    ckpt = read_training_checkpoint(path)
+    hparams = dict(ckpt["hyper_parameters"])
+    preset = hparams.get("augment_preset", "none")
+    module = TBPSLightningModule(**hparams)
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    model = module.model
+    _, transform = build_image_transforms(
+        preset, model.image_size, model.image_mean, model.image_std
+    )
+    return module, tokenizer_from_state(ckpt["tbps_tokenizer"]), transform

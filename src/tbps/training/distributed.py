@@ -5,14 +5,23 @@ on the global batch (the same value on every rank). The backward of the gather s
 gradients that the ranks computed for each slice and keeps the local one, so after DDP averages
 the parameter gradients over ranks they equal the gradient of the global-batch loss.
 Single-process runs (or a world of one) pass tensors through unchanged.
+
+Also here: which rank a process is before any process group exists (from the launcher's
+environment) and the callback that makes all ranks agree on the run folder and the tokenizer.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+
+from tbps.errors import ConfigError
 
 
 def world_size() -> int:
@@ -82,3 +91,53 @@ def gather_batch(tensors: Mapping[str, torch.Tensor | None]) -> dict[str, torch.
             raise ValueError(f"cannot gather {name!r}: {t.shape[0]} rows, expected {rows}")
     sizes = _gather_sizes(rows, present[0].device)
     return {k: None if t is None else gather_with_grad(t, sizes) for k, t in tensors.items()}
+
+
+def launched_rank_zero() -> bool:
+    """Whether this process is (or will become) global rank 0, read from the launcher's
+    environment so it works before the process group exists.
+
+    ``RANK`` (torchrun) decides when set; otherwise ``SLURM_PROCID`` (srun), ``NODE_RANK`` and
+    ``LOCAL_RANK`` (Lightning's own launcher sets them for the processes it starts) must all be
+    0 or absent. A plain single-process run is rank 0.
+    """
+    env = os.environ
+    if env.get("RANK"):
+        return int(env["RANK"]) == 0
+    return all(int(env.get(k) or 0) == 0 for k in ("SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
+
+
+def files_digest(files: Mapping[str, bytes]) -> str:
+    """A digest of named byte strings (a tokenizer's saved files), to compare across ranks."""
+    sha = hashlib.sha1()
+    for name in sorted(files):
+        sha.update(name.encode() + b"\0" + hashlib.sha1(files[name]).digest())
+    return sha.hexdigest()
+
+
+class RankAgreement(Callback):
+    """Under DDP, once the process group exists (``setup``): every rank takes rank 0's run
+    folder and checks that it built the same tokenizer as rank 0.
+
+    Ranks started by torchrun or srun each pick a timestamped run folder name before they can
+    talk to each other; only rank 0 creates and writes its folder, the others adopt it here
+    (``run_dir``). Tokenizers trained from scratch are deterministic, but a mismatch would
+    silently train on different token ids, so the ranks compare digests and all stop if any
+    differs.
+    """
+
+    def __init__(self, run_dir: Path, tokenizer_digest: str) -> None:
+        self.run_dir = Path(run_dir)
+        self.tokenizer_digest = tokenizer_digest
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.world_size == 1:
+            return
+        strategy = trainer.strategy
+        self.run_dir = Path(strategy.broadcast(str(self.run_dir), src=0))
+        same = strategy.broadcast(self.tokenizer_digest, src=0) == self.tokenizer_digest
+        if not strategy.reduce_boolean_decision(same, all=True):
+            raise ConfigError(
+                "the ranks built different tokenizers from the same training captions; check "
+                "that every node runs the same tbps/tokenizers versions on the same data"
+            )

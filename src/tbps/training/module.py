@@ -43,6 +43,7 @@ class TBPSLightningModule(L.LightningModule):
     ``on_nonfinite``: ``error`` stops at a NaN/Inf loss term, ``skip`` skips that batch
     (counted, logged; single-device only). ``sample_weights`` (per training-dataset index,
     set by the boosting callback) re-weight the objectives that accept per-sample weights.
+    ``augment_preset`` is recorded so evaluation rebuilds the run's eval transform.
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class TBPSLightningModule(L.LightningModule):
         tokenizer_state: dict[str, Any] | None = None,
         on_nonfinite: str = "error",
         model: TBPSModel | None = None,
+        augment_preset: str = "none",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer_state", "model"])
@@ -136,12 +138,16 @@ class TBPSLightningModule(L.LightningModule):
         batch_size = batch["pids"].shape[0]
         if not self._finite(losses, batch_idx):
             return None
-        self.log("train/loss", losses["total"], prog_bar=True, batch_size=batch_size)
+        # under DDP per-sample terms (ID, MLM, accuracies) differ per rank: log their mean
+        sync = world_size() > 1
+        self.log(
+            "train/loss", losses["total"], prog_bar=True, batch_size=batch_size, sync_dist=sync
+        )
         for name, value in losses.items():
             if name != "total":
-                self.log(f"train/{name}", value, batch_size=batch_size)
+                self.log(f"train/{name}", value, batch_size=batch_size, sync_dist=sync)
         for name, value in metrics.items():
-            self.log(f"train/{name}", value, batch_size=batch_size)
+            self.log(f"train/{name}", value, batch_size=batch_size, sync_dist=sync)
         self.log("train/logit_scale", inputs.logit_scale.detach(), batch_size=batch_size)
         if inputs.logit_bias is not None:
             self.log("train/logit_bias", inputs.logit_bias.detach(), batch_size=batch_size)
@@ -246,11 +252,12 @@ class TBPSLightningModule(L.LightningModule):
     def _gather_split(self, feats: torch.Tensor, pids: torch.Tensor, idx: torch.Tensor):
         """Features of every rank, in dataset order, each sample once.
 
-        Lightning's eval sampler gives every rank the same number of samples (padding with
-        repeats), so the tensors can be all-gathered and de-duplicated by dataset index.
+        Under DDP Lightning's eval sampler pads the ranks' shares with repeated samples; the
+        rows of all ranks are gathered and de-duplicated by dataset index.
         """
-        if self.trainer.world_size > 1:
-            feats, pids, idx = (self.all_gather(t).flatten(0, 1) for t in (feats, pids, idx))
+        if world_size() > 1:
+            gathered = gather_batch({"feats": feats, "pids": pids, "idx": idx})
+            feats, pids, idx = gathered["feats"], gathered["pids"], gathered["idx"]
         order = torch.argsort(idx, stable=True)
         feats, pids, idx = feats[order], pids[order], idx[order]
         keep = torch.ones_like(idx, dtype=torch.bool)

@@ -41,8 +41,13 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(p in name or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _is_bias(name: str) -> bool:
+    """``*.bias`` and fused biases such as MultiheadAttention's ``in_proj_bias``."""
+    return name.rsplit(".", 1)[-1].endswith("bias")
+
+
 def _no_decay(name: str, param: nn.Parameter) -> bool:
-    return param.ndim <= 1 or name.endswith(".bias")
+    return param.ndim <= 1 or _is_bias(name)
 
 
 def parameter_groups(
@@ -69,7 +74,7 @@ def parameter_groups(
             continue
         spec = next((g for g in groups if _matches(name, g.patterns)), default)
         kind = "no_decay" if _no_decay(name, param) else "decay"
-        if kind == "no_decay" and name.endswith(".bias"):
+        if kind == "no_decay" and _is_bias(name):
             kind = "bias"
         buckets.setdefault((spec.name, kind), []).append(param)
     out = []

@@ -6,6 +6,7 @@ import json
 import logging
 import resource
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,17 +37,24 @@ from tbps.model.finetune import count_parameters, finetune_settings
 from tbps.model.pretrained import read_config, resolve_backbone_path, weight_files
 from tbps.training.boosting import HardSampleBoosting
 from tbps.training.checkpoint import AtomicCheckpointIO, RNGState, check_compatible, tokenizer_state
+from tbps.training.distributed import RankAgreement, files_digest, launched_rank_zero
 from tbps.training.loggers import build_loggers, provenance
 from tbps.training.module import TBPSLightningModule
 
 log = logging.getLogger(__name__)
 
 
-def resolve_run_dir(run_dir: str | None, runs_dir: str, name: str) -> Path:
-    """The run folder: ``run_dir`` if given (must be absent or empty), else a new timestamped one."""
+def resolve_run_dir(
+    run_dir: str | None, runs_dir: str, name: str, check_empty: bool = True
+) -> Path:
+    """The run folder: ``run_dir`` if given (must be absent or empty), else a new timestamped one.
+
+    ``check_empty=False`` for the ranks other than 0 of a DDP launch: rank 0 may already have
+    filled ``run_dir``; their timestamped name is provisional (see :class:`RankAgreement`).
+    """
     if run_dir:
         path = Path(run_dir).expanduser()
-        if path.exists() and any(path.iterdir()):
+        if check_empty and path.exists() and any(path.iterdir()):
             raise ConfigError(f"run folder {path} exists and is not empty; choose another run_dir")
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -58,9 +66,12 @@ def resolve_run_dir(run_dir: str | None, runs_dir: str, name: str) -> Path:
     return path
 
 
-def dataset_from_config(cfg: DictConfig, progress: bool = True) -> DatasetSplits:
+def dataset_from_config(
+    cfg: DictConfig, progress: bool = True, generate: bool = True
+) -> DatasetSplits:
+    """The data section's dataset; ``generate=False`` waits for rank 0 to generate synthetic data."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    return load_dataset_section(data, cfg.cache_dir, progress=progress)
+    return load_dataset_section(data, cfg.cache_dir, progress=progress, generate=generate)
 
 
 def data_views_from_config(cfg: DictConfig) -> dict[str, Any]:
@@ -162,13 +173,33 @@ def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate every epoch, test the best and the last weights; returns metrics.json."""
+    # Under DDP rank 0 owns the run folder (files, train.log, report); the other ranks only train
+    if not launched_rank_zero():
+        tbps_log = logging.getLogger("tbps")
+        level = tbps_log.level
+        tbps_log.setLevel(logging.WARNING)  # rank 0 tells the story
+        try:
+            return _run_training(cfg, rank_zero=False)
+        finally:
+            tbps_log.setLevel(level)
+    return _run_training(cfg, rank_zero=True)
+
+
+def _run_training(cfg: DictConfig, rank_zero: bool) -> dict[str, Any]:
     start = time.time()
     objectives = resolve_objectives(OmegaConf.to_container(cfg.objectives, resolve=True))
     resume = _resume_checkpoint(cfg)
-    run_dir = resume.parents[1] if resume else resolve_run_dir(cfg.run_dir, cfg.runs_dir, cfg.name)
+    run_dir = (
+        resume.parents[1]
+        if resume
+        else resolve_run_dir(cfg.run_dir, cfg.runs_dir, cfg.name, check_empty=rank_zero)
+    )
     check_devices(cfg.trainer)
     _check_backbone(cfg)
-    dataset = dataset_from_config(cfg)  # fail on bad data before creating the run folder
+    # fail on bad data before creating the run folder
+    dataset = dataset_from_config(cfg, generate=rank_zero)
+    if not rank_zero:
+        return _run(cfg, run_dir, dataset, objectives, start, resume, rank_zero=False)
     run_dir.mkdir(parents=True, exist_ok=True)
     file_log = logging.FileHandler(run_dir / "train.log")
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -196,6 +227,13 @@ def check_devices(trainer: DictConfig) -> None:
     accelerator = str(trainer.get("accelerator", "auto"))
     devices = trainer.get("devices", 1)
     precision = str(trainer.get("precision", "32-true"))
+    strategy = str(trainer.get("strategy", "auto"))
+    if any(word in strategy for word in ("spawn", "fork", "notebook")):
+        raise ConfigError(
+            f"trainer.strategy={strategy} is not supported: tbps reads the test results in the "
+            "process that trains; use trainer.strategy=ddp (Lightning then starts the other "
+            "processes itself) or launch with torchrun / srun (docs/multi-gpu.md)"
+        )
     gpus = torch.cuda.device_count()
     if accelerator in ("gpu", "cuda"):
         if gpus == 0:
@@ -314,15 +352,17 @@ def _run(
     objectives: dict[str, dict[str, Any]],
     start: float,
     resume: Path | None = None,
+    rank_zero: bool = True,
 ) -> dict[str, Any]:
     log.info("%s run folder: %s", "resuming in" if resume else "new", run_dir)
-    if resume is None:
+    if resume is None and rank_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         (run_dir / "provenance.json").write_text(json.dumps(provenance(), indent=2))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_captions = [c for img in dataset.split("train") for c in img.captions]
     spec, tokenizer, model = _build_model_spec(cfg, train_captions)
-    tokenizer.save_pretrained(run_dir / "tokenizer")
+    if rank_zero:
+        tokenizer.save_pretrained(run_dir / "tokenizer")
 
     datamodule = TBPSDataModule(
         dataset,
@@ -352,6 +392,7 @@ def _run(
         tokenizer_state=tokenizer_state(tokenizer),
         model=model,
         on_nonfinite=cfg.on_nonfinite_loss,
+        augment_preset=cfg.augment.preset,
     )
     n_trainable, n_params = count_parameters(module)
     log.info(
@@ -363,6 +404,8 @@ def _run(
     )
 
     checkpoint, callbacks = _callbacks(cfg, run_dir)
+    agreement = RankAgreement(run_dir, files_digest(module.tokenizer_state["files"]))
+    callbacks.append(agreement)
     loggers = _loggers(cfg, run_dir, resumed=resume is not None)
     for logger in loggers:
         logger.log_hyperparams(
@@ -376,6 +419,14 @@ def _run(
         num_sanity_val_steps=0,
         **_trainer_kwargs(cfg),
     )
+    if trainer.world_size > 1:
+        log.info(
+            "DDP: %d processes x loader.batch_size %d x %d accumulated = %d samples per step",
+            trainer.world_size,
+            cfg.loader.batch_size,
+            trainer.accumulate_grad_batches,
+            trainer.world_size * cfg.loader.batch_size * trainer.accumulate_grad_batches,
+        )
     zero_shot = None
     if resume is not None:
         check_compatible(module, resume)
@@ -384,13 +435,17 @@ def _run(
         zero_shot = module.results.get("val")
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
 
+    run_dir = agreement.run_dir  # rank 0's folder on every rank
     results: dict[str, Any] = {}
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    results["last"] = module.results.get("test")
-    best_path = checkpoint.best_model_path
-    if best_path:
-        trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
-        results["best"] = module.results.get("test")
+    with warnings.catch_warnings():
+        # under DDP the padded repeats of the eval sampler are de-duplicated by dataset index
+        warnings.filterwarnings("ignore", message=r".*During `trainer.test\(\)`, it is recommended")
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        results["last"] = module.results.get("test")
+        best_path = checkpoint.best_model_path
+        if best_path:
+            trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+            results["best"] = module.results.get("test")
 
     gallery, queries = datamodule.build_eval(cfg.data.test_split)
     metrics = {
@@ -416,6 +471,7 @@ def _run(
         "num_parameters": n_params,
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
+        "world_size": trainer.world_size,
         "wall_seconds": round(time.time() - start, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": torch.get_num_threads(),

@@ -1,0 +1,155 @@
+"""Training engine end to end: eval parity, loggers, early stopping, zero-shot validation,
+provenance, failure report, and the errors raised before any work."""
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+
+from tbps.cli import compose_config, main
+from tbps.training.checkpoint import AtomicCheckpointIO
+from tbps.training.run import run_training
+
+
+def tiny(tmp_path, name, *extra):
+    return [
+        "debug=tiny",
+        f"run_dir={tmp_path / name}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+def test_eval_scores_a_checkpoint_like_training_did(tmp_path, monkeypatch):
+    """RDE (fused global + TSE embeddings) with the siglip preset (bicubic eval resize)."""
+    metrics = run_training(
+        compose_config(
+            "train",
+            tiny(tmp_path, "rde", "objectives=rde", "augment=siglip", "trainer.max_epochs=1"),
+        )
+    )
+    monkeypatch.setenv("TBPS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "eval.json"
+    code = main(
+        [
+            "eval",
+            f"ckpt_path={metrics['best_val']['checkpoint']}",
+            "data.synth.num_identities=30",
+            "data.synth.images_per_identity=[2,3]",
+            f"out={out}",
+        ]
+    )
+    assert code == 0
+    evaluated = json.loads(out.read_text())
+    for task in ("t2i", "i2t"):
+        for key in ("R1", "mAP", "mINP"):
+            assert evaluated[task][key] == pytest.approx(
+                metrics["test"]["best"][task][key], abs=1e-6
+            )
+
+
+def test_loggers_early_stopping_zero_shot_and_run_outputs(tmp_path):
+    run_dir = tmp_path / "run"
+    metrics = run_training(
+        compose_config(
+            "train",
+            tiny(
+                tmp_path,
+                "run",
+                "logger=tensorboard",
+                "trainer.max_epochs=6",
+                "early_stopping.enabled=true",
+                "early_stopping.patience=1",
+                "early_stopping.min_delta=1000",  # no validation can improve this much
+                "validate_before_training=true",
+                "report.failures=3",
+            ),
+        )
+    )
+    assert metrics["epochs"] < 6  # stopped early
+    assert set(metrics["zero_shot_val"]) == {"t2i", "i2t"}
+    assert list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents*"))
+    rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
+    columns = set(rows[0])
+    assert "train/grad_norm" in columns and any(c.startswith("lr-AdamW/default") for c in columns)
+    assert any(r.get("train/grad_norm") for r in rows)
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert "commit" in provenance["tbps_source_git"]
+    page = (run_dir / "failures.html").read_text()
+    assert metrics["failure_report"].endswith("failures.html") and "true: rank" in page
+
+
+def test_wandb_offline_logs_without_an_account(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_training(
+        compose_config(
+            "train",
+            tiny(
+                tmp_path,
+                "run",
+                "logger=wandb",
+                "logger.wandb.mode=offline",
+                "trainer.max_epochs=1",
+                "report.failures=2",
+            ),
+        )
+    )
+    offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert offline and list(offline[0].glob("*.wandb"))
+
+
+def test_device_and_precision_requests_are_checked_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    if torch.cuda.device_count() == 0:
+        assert main(["train", "trainer.accelerator=gpu", "trainer.devices=4"]) == 2
+        assert "this machine has no CUDA GPU" in capsys.readouterr().err
+        assert main(["train", "trainer.precision=16-mixed"]) == 2
+        assert "needs a GPU" in capsys.readouterr().err
+    else:
+        wanted = torch.cuda.device_count() + 1
+        assert main(["train", "trainer.accelerator=gpu", f"trainer.devices={wanted}"]) == 2
+        assert f"asks for {wanted} GPUs" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_refuses_a_checkpoint_of_another_backbone(tmp_path, monkeypatch, capsys):
+    base = tiny(tmp_path, "a", "trainer.max_epochs=1")
+    run_training(compose_config("train", base))
+    other = tiny(
+        tmp_path, "b", "trainer.max_epochs=1", "backbone.vision.width=64", "backbone.embed_dim=64"
+    )
+    run_training(compose_config("train", other))
+    shutil.copy(
+        tmp_path / "b" / "checkpoints" / "last.ckpt", tmp_path / "a" / "checkpoints" / "last.ckpt"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", f"resume={tmp_path / 'a'}"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this model" in err and "shape" in err
+    assert main(["train", f"resume={tmp_path / 'a'}", "backbone.name=x"]) == 2
+    assert "cannot change when resuming" in capsys.readouterr().err
+
+
+def test_atomic_checkpoint_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, target)
+    assert torch.load(target)["step"] == 1
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    with pytest.raises(TypeError):
+        io.save_checkpoint({}, target, storage_options={"x": 1})
