@@ -296,3 +296,12 @@ def test_mask_token_added_after_building_keeps_the_finetune_flags(folders):
     rebuilt = TBPSModel.from_spec(model.spec())
     rebuilt.load_state_dict(model.state_dict())
     assert rebuilt.vocab_size == len(tok)
+
+
+def test_init_temperature_reinitialises_the_learnable_scale(tmp_path):
+    folder = write_tiny_clip(tmp_path / "clip")
+    model, _ = pretrained_model(folder, "clip", (32, 32), init_temperature=0.07)
+    assert model.logit_scale().item() == pytest.approx(1 / 0.07, rel=1e-5)
+    assert model.hf.logit_scale.requires_grad
+    with pytest.raises(ConfigError, match="init_temperature must be positive"):
+        pretrained_model(folder, "clip", (32, 32), init_temperature=0.0)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from transformers import CLIPModel, PreTrainedTokenizerBase, SiglipModel
 
 from tbps.data.transforms import CLIP_MEAN, CLIP_STD
@@ -95,6 +97,7 @@ def pretrained_model(
     text_attention_mask: bool = True,
     finetune: Mapping[str, Any] | None = None,
     mask_token: bool = False,
+    init_temperature: float | None = None,
 ) -> tuple[TBPSModel, PreTrainedTokenizerBase]:
     """A TBPSModel on pretrained CLIP/SigLIP weights, and the tokenizer of the same folder.
 
@@ -103,6 +106,8 @@ def pretrained_model(
     then the vision position grid is resized to ``image_size``, the text positions to
     ``text_length`` (None keeps the checkpoint's), and with ``mask_token`` the tokenizer
     gets a mask token (the token embedding grows by one row when it had none).
+    ``init_temperature`` re-initialises the learnable logit scale to 1/init_temperature
+    (TBPS-CLIP: 0.07) instead of the checkpoint's; ``temperature`` fixes it instead.
     """
     if kind not in PRETRAINED_TYPES:
         raise ConfigError(
@@ -122,6 +127,11 @@ def pretrained_model(
         set_text_length(backbone, int(text_length))
     if mask_token:
         add_mask_token(backbone, tokenizer)
+    if init_temperature is not None:
+        if init_temperature <= 0:
+            raise ConfigError(f"backbone.init_temperature must be positive, got {init_temperature}")
+        with torch.no_grad():
+            backbone.logit_scale.fill_(math.log(1.0 / init_temperature))
     model = TBPSModel(
         backbone,
         temperature=temperature,

@@ -97,7 +97,11 @@ class HardSampleBoosting(L.Callback):
             len(weights),
             self.weight,
         )
-        pl_module.log("train/boosted_fraction", hard / max(1, len(weights)))
+        pl_module.log(
+            "train/boosted_fraction",
+            hard / max(1, len(weights)),
+            sync_dist=trainer.world_size > 1,  # the same on every rank
+        )
 
     @torch.no_grad()
     def compute(

@@ -96,7 +96,8 @@ class RNGState(Callback):
     The restored state is applied at the first training-epoch start, not at load time:
     Lightning's fit start consumes random numbers after loading, which an uninterrupted run
     does not do between saving and the next epoch. Each epoch it also reseeds the
-    datamodule's own generators (caption augmentation) from the torch RNG.
+    datamodule's own generators (caption augmentation) from the torch RNG and, under DDP,
+    gives each rank its own random stream (all ranks start from the same seed).
     """
 
     def __init__(self) -> None:
@@ -127,6 +128,13 @@ class RNGState(Callback):
             keys = n["keys"].numpy().astype(np.uint32)
             np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
             random.setstate(_as_tuples(state["python"]))
+        if trainer.world_size > 1:
+            # every rank starts from the same seed: decorrelate augmentation and masking
+            base = int(torch.randint(2**31 - 1, (1,)).item())
+            seed = (base * 1_000_003 + trainer.global_rank) % 2**32
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
         datamodule = trainer.datamodule
         if hasattr(datamodule, "reseed_train_randomness"):
             datamodule.reseed_train_randomness(int(torch.randint(2**31 - 1, (1,)).item()))

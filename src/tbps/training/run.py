@@ -138,6 +138,7 @@ def _build_model_spec(cfg: DictConfig, train_captions: list[str]):
             image_size=list(backbone.image_size),
             text_length=backbone.text.length,
             temperature=backbone.temperature,
+            init_temperature=backbone.get("init_temperature"),
             image_mean=list(mean),
             image_std=list(std),
             text_attention_mask=text_mask,
@@ -194,7 +195,7 @@ def _run_training(cfg: DictConfig, rank_zero: bool) -> dict[str, Any]:
         if resume
         else resolve_run_dir(cfg.run_dir, cfg.runs_dir, cfg.name, check_empty=rank_zero)
     )
-    check_devices(cfg.trainer)
+    check_devices(cfg.trainer, cfg.on_nonfinite_loss)
     _check_backbone(cfg)
     # fail on bad data before creating the run folder
     dataset = dataset_from_config(cfg, generate=rank_zero)
@@ -222,10 +223,18 @@ def _resume_checkpoint(cfg: DictConfig) -> Path | None:
     return ckpt
 
 
-def check_devices(trainer: DictConfig) -> None:
+def check_devices(trainer: DictConfig, on_nonfinite_loss: str = "error") -> None:
     """Reject a device request this machine cannot serve, before any work."""
-    accelerator = str(trainer.get("accelerator", "auto"))
     devices = trainer.get("devices", 1)
+    count = len(devices) if isinstance(devices, list | tuple) else devices
+    count = int(count) if str(count).isdigit() else 1  # "auto": one device on a CPU
+    several = trainer.get("num_nodes", 1) > 1 or count > 1
+    if on_nonfinite_loss == "skip" and several:
+        raise ConfigError(
+            "on_nonfinite_loss=skip works on one device only (ranks would disagree on the "
+            "skipped step); use on_nonfinite_loss=error with several devices"
+        )
+    accelerator = str(trainer.get("accelerator", "auto"))
     precision = str(trainer.get("precision", "32-true"))
     strategy = str(trainer.get("strategy", "auto"))
     if any(word in strategy for word in ("spawn", "fork", "notebook")):
@@ -238,10 +247,9 @@ def check_devices(trainer: DictConfig) -> None:
     if accelerator in ("gpu", "cuda"):
         if gpus == 0:
             raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU")
-        wanted = len(devices) if isinstance(devices, list | tuple) else devices
-        if isinstance(wanted, int) and wanted > gpus:
+        if count > gpus:
             raise ConfigError(
-                f"trainer.devices={devices} asks for {wanted} GPUs; this machine has {gpus}"
+                f"trainer.devices={devices} asks for {count} GPUs; this machine has {gpus}"
             )
     if precision.startswith("16") and (gpus == 0 or accelerator == "cpu"):
         raise ConfigError(
