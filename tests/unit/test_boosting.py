@@ -112,7 +112,9 @@ def test_callback_schedule_and_settings(tmp_path):
     callback = HardSampleBoosting(every_n_epochs=2)
     for epoch, expect in ((0, False), (1, True), (2, False), (3, True), (5, False)):
         module.sample_weights = None
-        trainer = SimpleNamespace(current_epoch=epoch, max_epochs=6, datamodule=datamodule)
+        trainer = SimpleNamespace(
+            current_epoch=epoch, max_epochs=6, datamodule=datamodule, world_size=1
+        )
         callback.on_train_epoch_end(trainer, module)
         assert (module.sample_weights is not None) == expect, epoch  # not after the last epoch
     assert callback.updates == 2 and module.sample_weights is None
