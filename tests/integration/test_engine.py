@@ -3,6 +3,7 @@ provenance, failure report, and the errors raised before any work."""
 
 import csv
 import json
+import logging
 import shutil
 
 import pytest
@@ -51,7 +52,8 @@ def test_eval_scores_a_checkpoint_like_training_did(tmp_path, monkeypatch):
             )
 
 
-def test_loggers_early_stopping_zero_shot_and_run_outputs(tmp_path):
+def test_loggers_early_stopping_zero_shot_and_run_outputs(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="tbps.training.module")
     run_dir = tmp_path / "run"
     metrics = run_training(
         compose_config(
@@ -71,6 +73,9 @@ def test_loggers_early_stopping_zero_shot_and_run_outputs(tmp_path):
     )
     assert metrics["epochs"] < 6  # stopped early
     assert set(metrics["zero_shot_val"]) == {"t2i", "i2t"}
+    summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("val ")]
+    assert summaries[0].startswith("val before training: t2i R1 ")
+    assert summaries[1].startswith("val epoch 1/6: t2i R1 ") and "; i2t R1 " in summaries[1]
     assert list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents*"))
     rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
     columns = set(rows[0])

@@ -67,7 +67,9 @@ def build_loggers(
                     )
                 )
             except ModuleNotFoundError as e:
-                raise ConfigError("logger tensorboard needs `pip install tensorboard`") from e
+                raise ConfigError(
+                    "logger tensorboard needs `pip install 'tbps[tensorboard]'` (or pip install tensorboard)"
+                ) from e
         else:
             try:
                 import wandb  # noqa: F401

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 from tbps.errors import ConfigError, TBPSError
 from tbps.evaluation.evaluator import evaluate_embeddings
@@ -292,6 +293,20 @@ class TBPSLightningModule(L.LightningModule):
                     prog_bar=(key == "R1" and task == "t2i"),
                     sync_dist=self.trainer.world_size > 1,  # equal on every rank already
                 )
+        if prefix == "val" and not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            when = (
+                "before training"
+                if self.trainer.state.fn == TrainerFn.VALIDATING
+                else f"epoch {self.current_epoch + 1}/{self.trainer.max_epochs}"
+            )
+            log.info(
+                "val %s: %s",
+                when,
+                "; ".join(
+                    f"{task} R1 {m['R1']:.2f} R5 {m['R5']:.2f} R10 {m['R10']:.2f} mAP {m['mAP']:.2f}"
+                    for task, m in results.items()
+                ),
+            )
 
     def on_validation_epoch_start(self) -> None:
         self._eval_start()
