@@ -4,6 +4,7 @@ provenance, failure report, and the errors raised before any work."""
 import csv
 import json
 import logging
+import math
 import shutil
 
 import pytest
@@ -86,6 +87,29 @@ def test_loggers_early_stopping_zero_shot_and_run_outputs(tmp_path, caplog):
     assert "commit" in provenance["tbps_source_git"]
     page = (run_dir / "failures.html").read_text()
     assert metrics["failure_report"].endswith("failures.html") and "true: rank" in page
+
+
+def test_bf16_mixed_precision_with_clipping_and_accumulation_trains_on_cpu(tmp_path):
+    metrics = run_training(
+        compose_config(
+            "train",
+            tiny(
+                tmp_path,
+                "run",
+                "trainer.precision=bf16-mixed",
+                "trainer.gradient_clip_val=0.5",
+                "trainer.accumulate_grad_batches=2",
+                "trainer.limit_train_batches=4",
+                "trainer.max_epochs=1",
+            ),
+        )
+    )
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "metrics.csv").open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert losses and all(math.isfinite(v) for v in losses)
+    assert metrics["steps"] == 2  # 4 batches, one optimizer step per 2
+    for which in ("best", "last"):
+        assert math.isfinite(metrics["test"][which]["t2i"]["mAP"])
 
 
 def test_wandb_offline_logs_without_an_account(tmp_path, monkeypatch):
