@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import torch
-from transformers import CLIPConfig, SiglipConfig
+
+from tiny_backbones import tiny_clip_config, tiny_siglip_config
 
 VOCAB, LENGTH, HW = 60, 12, (32, 16)
 PAD, MASK, BOS, EOS = 0, 2, 3, 4
 
 
 def clip_spec(temperature: float | None = None) -> dict:
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=LENGTH,
-            projection_dim=24,
-            bos_token_id=BOS,
-            eos_token_id=EOS,
-            pad_token_id=PAD,
-        ),
-        vision_config=dict(
-            hidden_size=40,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=16,
-            patch_size=16,
-            projection_dim=24,
-        ),
-        projection_dim=24,
-    )
+    # a vision width unlike the text width, so a mixed-up tower fails loudly
+    config = tiny_clip_config(16, LENGTH, VOCAB, vision_width=40, special_ids=(BOS, EOS, PAD))
     return {
         "backbone_type": "clip",
         "backbone_config": config.to_dict(),
@@ -43,28 +22,7 @@ def clip_spec(temperature: float | None = None) -> dict:
 
 
 def siglip_spec() -> dict:
-    config = SiglipConfig(
-        text_config=dict(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=LENGTH,
-            pad_token_id=EOS,
-            eos_token_id=EOS,
-            bos_token_id=BOS,
-            projection_size=32,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=16,
-            patch_size=16,
-        ),
-    )
+    config = tiny_siglip_config(VOCAB, 16, LENGTH, special_ids=(BOS, EOS, EOS))
     return {"backbone_type": "siglip", "backbone_config": config.to_dict(), "image_size": list(HW)}
 
 

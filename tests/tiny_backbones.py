@@ -31,7 +31,15 @@ def clip_tokenizer():
     return _clip_tokenizer_cached()
 
 
-def tiny_clip_config(image_size: int = 32, text_length: int = 16, vocab: int = 49408) -> CLIPConfig:
+def tiny_clip_config(
+    image_size: int = 32,
+    text_length: int = 16,
+    vocab: int = 49408,
+    vision_width: int = 32,
+    special_ids: tuple[int, int, int] | None = None,
+) -> CLIPConfig:
+    """A 2-layer CLIP; ``special_ids`` = (bos, eos, pad), by default CLIP's last two ids."""
+    bos, eos, pad = special_ids or (vocab - 2, vocab - 1, vocab - 1)
     return CLIPConfig(
         text_config=dict(
             vocab_size=vocab,
@@ -41,12 +49,12 @@ def tiny_clip_config(image_size: int = 32, text_length: int = 16, vocab: int = 4
             num_attention_heads=2,
             max_position_embeddings=text_length,
             projection_dim=24,
-            bos_token_id=vocab - 2,
-            eos_token_id=vocab - 1,
-            pad_token_id=vocab - 1,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=pad,
         ),
         vision_config=dict(
-            hidden_size=32,
+            hidden_size=vision_width,
             intermediate_size=64,
             num_hidden_layers=2,
             num_attention_heads=2,
@@ -112,7 +120,14 @@ def siglip_tokenizer(folder: Path) -> SiglipTokenizer:
     return SiglipTokenizer(vocab_file=str(train_spm(folder)), model_max_length=16)
 
 
-def tiny_siglip_config(vocab: int, image_size: int = 32, text_length: int = 16) -> SiglipConfig:
+def tiny_siglip_config(
+    vocab: int,
+    image_size: int = 32,
+    text_length: int = 16,
+    special_ids: tuple[int | None, int, int] = (None, 1, 1),
+) -> SiglipConfig:
+    """A 2-layer SigLIP; ``special_ids`` = (bos, eos, pad), by default SigLIP's."""
+    bos, eos, pad = special_ids
     return SiglipConfig(
         text_config=dict(
             vocab_size=vocab,
@@ -121,9 +136,9 @@ def tiny_siglip_config(vocab: int, image_size: int = 32, text_length: int = 16) 
             num_hidden_layers=2,
             num_attention_heads=2,
             max_position_embeddings=text_length,
-            pad_token_id=1,
-            eos_token_id=1,
-            bos_token_id=None,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            bos_token_id=bos,
         ),
         vision_config=dict(
             hidden_size=32,

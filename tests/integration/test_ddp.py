@@ -2,14 +2,12 @@
 
 import csv
 import json
-import multiprocessing
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from fixtures import write_cuhk_fixture
+from ranks import run_gloo_ranks
 from tbps.cli import compose_config
 from tbps.data.datamodule import TBPSDataModule
 from tbps.data.formats import parse_dataset
@@ -105,22 +104,16 @@ def _indices(loader):
     return [batch["indices"].tolist() for batch in loader]
 
 
-def _rank_main(rank, store, dataset, tokenizer, queue):
-    try:
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-        torch.set_num_threads(1)
-        batches = {}
-        for sampler in ("random", "identity"):
-            dm = _datamodule(dataset, tokenizer, batch_size=4, sampler=sampler)
-            batches[sampler] = _indices(dm.train_dataloader())
-        folders = [
-            _agree(f"/runs/stamp-of-rank-{rank}", "same"),
-            _agree(f"/runs/stamp-of-rank-{rank}", f"digest-{rank}"),
-        ]
-        queue.put((rank, batches, folders, None))
-        dist.destroy_process_group()
-    except Exception:  # noqa: BLE001 - reported to the parent
-        queue.put((rank, None, None, traceback.format_exc()))
+def _rank_main(rank, dataset, tokenizer):
+    batches = {}
+    for sampler in ("random", "identity"):
+        dm = _datamodule(dataset, tokenizer, batch_size=4, sampler=sampler)
+        batches[sampler] = _indices(dm.train_dataloader())
+    folders = [
+        _agree(f"/runs/stamp-of-rank-{rank}", "same"),
+        _agree(f"/runs/stamp-of-rank-{rank}", f"digest-{rank}"),
+    ]
+    return batches, folders
 
 
 def _datamodule(dataset, tokenizer, **kwargs):
@@ -137,20 +130,7 @@ def test_two_gloo_ranks_shard_the_training_batches_and_agree_on_the_run_folder(t
     captions = [c for img in dataset.split("train") for c in img.captions]
     tokenizer = train_caption_tokenizer(captions, vocab_size=200, min_frequency=1)
 
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    args = (tmp_path / "store", dataset, tokenizer, queue)
-    procs = [ctx.Process(target=_rank_main, args=(r, *args)) for r in range(2)]
-    for proc in procs:
-        proc.start()
-    results = {}
-    for _ in procs:
-        rank, *rest = queue.get(timeout=120)
-        results[rank] = rest
-    for proc in procs:
-        proc.join(timeout=30)
-    for rank, (*_, error) in results.items():
-        assert error is None, f"rank {rank}:\n{error}"
+    results = run_gloo_ranks(_rank_main, tmp_path / "store", dataset, tokenizer, timeout=120)
 
     # random sampler: at every step the two ranks' batches of 4 make up the single-process
     # batch of 8 (rank r takes positions r, r + 2, ... of the same epoch permutation)

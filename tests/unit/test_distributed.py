@@ -1,12 +1,10 @@
 """Cross-rank gathering: two gloo ranks on CPU give the gradient of the global-batch loss."""
 
-import multiprocessing
-import traceback
-
 import pytest
 import torch
 import torch.distributed as dist
 
+from ranks import run_gloo_ranks
 from tbps.losses import LossInputs, compute_losses, resolve_objectives
 from tbps.training.distributed import gather_batch, gather_with_grad, world_size
 
@@ -56,51 +54,30 @@ def step(p, rows, gathered: bool):
     return total.detach(), {k: v.grad for k, v in params.items()}
 
 
-def _rank_main(rank, store, queue):
-    try:
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-        torch.set_num_threads(1)
-        p = problem()
-        rows = torch.arange(3) + 3 * rank
-        total, grads = step(p, rows, gathered=True)
-        for grad in grads.values():  # what DDP does with parameter gradients
-            dist.all_reduce(grad)
-            grad /= 2
-        x = torch.arange(2.0, dtype=torch.float64).reshape(2, 1) + 10 * rank
-        x.requires_grad_(True)
-        together = gather_with_grad(x)
-        (
-            together * torch.tensor([[1.0], [2.0], [3.0], [4.0]], dtype=torch.float64)
-        ).sum().backward()
-        # plain lists: tensors would travel as shared memory that dies with this process
-        grads = {k: v.tolist() for k, v in grads.items()}
-        queue.put((rank, total.item(), grads, together.tolist(), x.grad.tolist(), None))
-        dist.destroy_process_group()
-    except Exception:  # noqa: BLE001 - reported to the parent
-        queue.put((rank, None, None, None, None, traceback.format_exc()))
+def _rank_main(rank):
+    p = problem()
+    rows = torch.arange(3) + 3 * rank
+    total, grads = step(p, rows, gathered=True)
+    for grad in grads.values():  # what DDP does with parameter gradients
+        dist.all_reduce(grad)
+        grad /= 2
+    x = torch.arange(2.0, dtype=torch.float64).reshape(2, 1) + 10 * rank
+    x.requires_grad_(True)
+    together = gather_with_grad(x)
+    (together * torch.tensor([[1.0], [2.0], [3.0], [4.0]], dtype=torch.float64)).sum().backward()
+    grads = {k: v.tolist() for k, v in grads.items()}
+    return total.item(), grads, together.tolist(), x.grad.tolist()
 
 
 def test_two_ranks_match_the_global_batch(tmp_path):
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_rank_main, args=(r, tmp_path / "store", queue)) for r in range(2)]
-    for proc in procs:
-        proc.start()
-    results = {}
-    for _ in procs:
-        rank, *rest = queue.get(timeout=60)
-        results[rank] = rest
-    for proc in procs:
-        proc.join(timeout=30)
-    for rank, (*_, error) in results.items():
-        assert error is None, f"rank {rank}:\n{error}"
+    results = run_gloo_ranks(_rank_main, tmp_path / "store")
 
     # per-sample objectives (ID) average over ranks like DDP; batch-level ones see all 6 rows
     p = problem()
     batch_level = {k: v for k, v in OBJECTIVES.items() if k != "id"}
     batch_total, id_terms, full_grads = _reference(p, batch_level)
     for rank in range(2):
-        total, grads, together, x_grad, _ = results[rank]
+        total, grads, together, x_grad = results[rank]
         expected_total = batch_total + id_terms[rank]
         assert total == pytest.approx(expected_total.item(), rel=1e-10)
         for name, grad in grads.items():

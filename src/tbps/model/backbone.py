@@ -40,13 +40,22 @@ def backbone_kind(model: nn.Module) -> str:
     )
 
 
-def _grid(image_size: Sequence[int], patch: int) -> tuple[tuple[int, int], tuple[int, int]]:
+def _store_grid(embeddings: nn.Module, image_size: Sequence[int]) -> None:
+    """Give vision ``embeddings`` the (H/p) x (W/p) grid of ``image_size`` and a fresh position
+    table of ``prefix_rows`` + grid rows (weights are loaded or resized afterwards)."""
     if len(image_size) != 2:
         raise ConfigError(f"image size must be [height, width], got {list(image_size)}")
     height, width = (int(s) for s in image_size)
+    patch = embeddings.patch_size
     if height % patch or width % patch or min(height, width) < patch:
         raise ConfigError(f"image size {height}x{width} is not divisible by the patch size {patch}")
-    return (height, width), (height // patch, width // patch)
+    embeddings.image_hw, embeddings.grid = (height, width), (height // patch, width // patch)
+    embeddings.num_patches = embeddings.grid[0] * embeddings.grid[1]
+    embeddings.num_positions = embeddings.num_patches + embeddings.prefix_rows
+    embeddings.position_embedding = nn.Embedding(embeddings.num_positions, embeddings.embed_dim)
+    embeddings.position_ids = nn.Buffer(
+        torch.arange(embeddings.num_positions).expand((1, -1)), persistent=False
+    )
 
 
 def _check_input(pixel_values: torch.Tensor, image_hw: tuple[int, int]) -> None:
@@ -69,13 +78,7 @@ class NonSquareCLIPVisionEmbeddings(CLIPVisionEmbeddings):
 
     def __init__(self, config, image_size: Sequence[int]) -> None:
         super().__init__(config)
-        self.image_hw, self.grid = _grid(image_size, self.patch_size)
-        self.num_patches = self.grid[0] * self.grid[1]
-        self.num_positions = self.num_patches + 1
-        self.position_embedding = nn.Embedding(self.num_positions, self.embed_dim)
-        self.position_ids = nn.Buffer(
-            torch.arange(self.num_positions).expand((1, -1)), persistent=False
-        )
+        _store_grid(self, image_size)
 
     def forward(
         self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
@@ -98,12 +101,7 @@ class NonSquareSiglipVisionEmbeddings(SiglipVisionEmbeddings):
 
     def __init__(self, config, image_size: Sequence[int]) -> None:
         super().__init__(config)
-        self.image_hw, self.grid = _grid(image_size, self.patch_size)
-        self.num_patches = self.num_positions = self.grid[0] * self.grid[1]
-        self.position_embedding = nn.Embedding(self.num_positions, self.embed_dim)
-        self.position_ids = nn.Buffer(
-            torch.arange(self.num_positions).expand((1, -1)), persistent=False
-        )
+        _store_grid(self, image_size)
 
     def forward(
         self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
