@@ -115,7 +115,7 @@ def main() -> None:
     bare_tokens = tokens if text_mask else {"input_ids": tokens["input_ids"]}
 
     image_runs = {
-        "ours": lambda: ours.encode_image(images),
+        "ours": lambda: ours.encode_images(images),
         "bare": lambda: normalize(
             bare.get_image_features(pixel_values=images).pooler_output, dim=-1
         ),
@@ -127,7 +127,7 @@ def main() -> None:
         ),
     }
     text_runs = {
-        "ours": lambda: ours.encode_text(**tokens),
+        "ours": lambda: ours.encode_texts(**tokens),
         "bare": lambda: normalize(bare.get_text_features(**bare_tokens).pooler_output, dim=-1),
     }
     times: dict[str, dict[str, list[tuple[float, float]]]] = {"image": {}, "text": {}}

@@ -21,7 +21,10 @@ usage: tbps <command> [key=value ...] [--cfg job]
 commands:
   train               train, validate every epoch, test best and last (default: synthetic data)
                       tbps train resume=RUN_DIR continues an interrupted run in its folder
-  eval                evaluate a checkpoint: tbps eval ckpt_path=RUN/checkpoints/best.ckpt
+  eval                evaluate a model: tbps eval model=DIR | ckpt_path=RUN/checkpoints/best.ckpt
+                      [data=NAME data.root=DIR split=test device=auto precision=32]
+  export              tbps export ckpt_path=RUN/checkpoints/best.ckpt out=DIR [format=tbps|hf|onnx]
+  clean               free checkpoints: tbps clean [runs_dir=runs min_score=R1 dry_run=false]
   convert             OpenAI / open_clip CLIP checkpoint -> HF folder: tbps convert src=FILE out=DIR
   data synth          write the synthetic dataset: tbps data synth out=DIR [num_identities=N seed=S]
   data stats          per-split counts: tbps data stats data=NAME data.root=DIR [format=json]
@@ -37,6 +40,8 @@ options:
 VERBS: dict[str, str] = {
     "train": "train",
     "eval": "eval",
+    "export": "export",
+    "clean": "clean",
     "data synth": "synth",
     "convert": "convert",
     "data stats": "stats",
@@ -125,10 +130,22 @@ def _train(cfg) -> None:
 
 
 def _eval(cfg) -> None:
-    from tbps.evaluation.run import run_evaluation
+    from tbps.app.eval import run_evaluation
 
-    _check_required(cfg, ["ckpt_path"], "tbps eval ckpt_path=RUN_DIR/checkpoints/best.ckpt")
     run_evaluation(cfg)
+
+
+def _export(cfg) -> None:
+    from tbps.app.export import run_export
+
+    _check_required(cfg, ["out"], "tbps export ckpt_path=RUN/checkpoints/best.ckpt out=DIR")
+    run_export(cfg)
+
+
+def _clean(cfg) -> None:
+    from tbps.app.clean import run_clean
+
+    run_clean(cfg)
 
 
 def _synth(cfg) -> None:
@@ -234,6 +251,8 @@ def _one_line(error: Exception) -> str:
 RUNNERS: dict[str, Callable] = {
     "train": _train,
     "eval": _eval,
+    "export": _export,
+    "clean": _clean,
     "data synth": _synth,
     "convert": _convert,
     "data stats": _stats,

@@ -84,7 +84,7 @@ def test_errors_are_one_clear_line(tmp_path, monkeypatch, capsys):
         and " lr," in err.split("valid keys under 'optim':")[1]
     )
     assert main(["eval"]) == 2
-    assert "ckpt_path is required" in capsys.readouterr().err
+    assert "give exactly one of model=DIR" in capsys.readouterr().err
     assert main(["train", "--cfg", "job", "trainer.max_epochs=3"]) == 0
     assert "max_epochs: 3" in capsys.readouterr().out
     assert main(["trian"]) == 2

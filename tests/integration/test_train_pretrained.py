@@ -7,10 +7,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tbps.app.eval import run_evaluation
 from tbps.cli import compose_config
 from tbps.data.tokenization import tokenize
-from tbps.evaluation.run import run_evaluation
-from tbps.training.checkpoint import load_checkpoint
+from tbps.model.checkpoint import model_from_checkpoint
 from tbps.training.run import run_training
 from tiny_backbones import write_tiny_clip, write_tiny_siglip
 
@@ -42,7 +42,8 @@ def _eval_matches_training(cfg, metrics, tmp_path, folder):
     evaluated = run_evaluation(eval_cfg)
     best = metrics["test"]["best"]["t2i"]
     assert evaluated["t2i"]["R1"] == pytest.approx(best["R1"], abs=1e-6)
-    return load_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt)
+    return model, model.tokenizer
 
 
 def test_clip_with_mlm_grows_a_mask_token_and_evaluates_from_the_checkpoint(tmp_path, caplog):
@@ -69,5 +70,5 @@ def test_siglip_with_lora_round_trips_through_the_checkpoint(tmp_path):
     assert type(tok).__name__ == "SiglipTokenizer"
     assert tok.sp_model.serialized_model_proto() == spm_bytes
     ids = tokenize(tok, ["a woman in a red coat"], model.text_length)
-    assert model.encode_text(**ids).shape == (1, 32)
+    assert model.encode_texts(**ids).shape == (1, 32)
     assert torch.isfinite(model.logit_bias())

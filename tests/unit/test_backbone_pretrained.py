@@ -50,7 +50,7 @@ def test_same_size_load_matches_the_stock_model(folders, kind, fmt):
         torch.testing.assert_close(
             model.text_embeddings(tokens["input_ids"], tokens["attention_mask"]), expected_txt
         )
-        torch.testing.assert_close(model.encode_image(images), _normalise(expected_img))
+        torch.testing.assert_close(model.encode_images(images), _normalise(expected_img))
     table = model.hf.vision_model.embeddings.position_embedding.weight
     assert torch.equal(table, stock.vision_model.embeddings.position_embedding.weight)
 
@@ -104,17 +104,17 @@ def test_non_square_input_and_spec_round_trip(folders, kind, tmp_path):
     assert table.shape == (prefix + 6 * 2, 32)
     images = torch.randn(2, 3, 96, 32)
     tokens = tokenize(tok, CAPTIONS[:2], model.text_length)
-    emb = model.encode_image(images)
+    emb = model.encode_images(images)
     with pytest.raises(ValueError, match="does not match the model's 96x32"):
-        model.encode_image(torch.randn(1, 3, 32, 32))
+        model.encode_images(torch.randn(1, 3, 32, 32))
     model.save_pretrained(tmp_path)
     loaded = TBPSModel.from_pretrained(tmp_path).eval()
     assert loaded.spec() == model.spec()
     assert loaded.image_size == (96, 32) and loaded.vocab_size == len(tok)
-    torch.testing.assert_close(loaded.encode_image(images), emb)
+    torch.testing.assert_close(loaded.encode_images(images), emb)
     torch.testing.assert_close(
-        loaded.encode_text(tokens["input_ids"], tokens["attention_mask"]),
-        model.encode_text(tokens["input_ids"], tokens["attention_mask"]),
+        loaded.encode_texts(tokens["input_ids"], tokens["attention_mask"]),
+        model.encode_texts(tokens["input_ids"], tokens["attention_mask"]),
     )
 
 
@@ -140,8 +140,8 @@ def test_clip_tokenizer_and_model_special_tokens_agree(folders):
     changed = ids.clone()
     changed[tokens["attention_mask"] == 0] = 320
     torch.testing.assert_close(
-        model.encode_text(ids, tokens["attention_mask"]),
-        model.encode_text(changed, tokens["attention_mask"]),
+        model.encode_texts(ids, tokens["attention_mask"]),
+        model.encode_texts(changed, tokens["attention_mask"]),
     )
 
 

@@ -6,16 +6,13 @@ import pytest
 import torch
 
 from objective_fixtures import EOS, LENGTH, captions, clip_spec, siglip_spec
-from tbps.model.heads import (
-    IdentityClassifier,
-    MLMHead,
-    SimCLRProjector,
+from tbps.model.tbps import TBPSModel
+from tbps.model.token_selection import (
     TokenSelectionEmbedding,
     TokenSelectionHead,
-    attention_heads,
     fused_embedding,
 )
-from tbps.model.tbps import TBPSModel
+from tbps.training.heads import IdentityClassifier, MLMHead, SimCLRProjector, attention_heads
 
 
 def test_identity_classifier_init_and_shape():

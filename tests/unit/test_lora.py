@@ -7,10 +7,10 @@ import torch
 
 from tbps.data.tokenization import tokenize
 from tbps.errors import ConfigError
+from tbps.model.checkpoint import model_from_checkpoint, tokenizer_state
 from tbps.model.factory import pretrained_model
 from tbps.model.finetune import count_parameters, finetune_settings
 from tbps.model.tbps import TBPSModel
-from tbps.training.checkpoint import load_checkpoint, tokenizer_state
 from tiny_backbones import CAPTIONS, write_tiny_clip, write_tiny_siglip
 
 WIDTH, MLP, LAYERS = 32, 64, 2  # the tiny towers: width 32, MLP 64, 2 layers each
@@ -130,7 +130,7 @@ def test_lora_checkpoint_round_trip_and_merge(folders, tmp_path):
     model.eval()
     images = torch.randn(2, 3, 64, 32)
     tokens = tokenize(tok, CAPTIONS[:2], 16)
-    img, txt = model.encode_image(images), model.encode_text(**tokens)
+    img, txt = model.encode_images(images), model.encode_texts(**tokens)
 
     # a training checkpoint as `tbps train` writes it: spec + state dict + tokenizer
     ckpt = tmp_path / "best.ckpt"
@@ -142,23 +142,24 @@ def test_lora_checkpoint_round_trip_and_merge(folders, tmp_path):
         },
         ckpt,
     )
-    loaded, loaded_tok = load_checkpoint(ckpt)
+    loaded = model_from_checkpoint(ckpt)
+    loaded_tok = loaded.tokenizer
     assert loaded.finetune["mode"] == "lora"
     assert any(".lora_A." in k for k in loaded.state_dict())
     assert trainable_names(loaded) == trainable_names(model)
-    torch.testing.assert_close(loaded.encode_image(images), img)
+    torch.testing.assert_close(loaded.encode_images(images), img)
     reloaded = tokenize(loaded_tok, CAPTIONS[:2], 16)
     assert torch.equal(reloaded["input_ids"], tokens["input_ids"])
-    torch.testing.assert_close(loaded.encode_text(**reloaded), txt)
+    torch.testing.assert_close(loaded.encode_texts(**reloaded), txt)
 
     merged = loaded.merge_lora()
     assert not any("lora" in k or "base_layer" in k for k in merged.state_dict())
     assert merged.spec()["finetune"]["mode"] == "full"
-    torch.testing.assert_close(merged.encode_image(images), img, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(merged.encode_text(**tokens), txt, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(merged.encode_images(images), img, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(merged.encode_texts(**tokens), txt, atol=1e-5, rtol=1e-4)
     merged.save_pretrained(tmp_path / "export")
     exported = TBPSModel.from_pretrained(tmp_path / "export").eval()
-    torch.testing.assert_close(exported.encode_image(images), merged.encode_image(images))
+    torch.testing.assert_close(exported.encode_images(images), merged.encode_images(images))
 
 
 def test_bad_finetune_settings():

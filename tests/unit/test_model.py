@@ -35,15 +35,15 @@ def test_non_square_encoders_are_normalised(tokenizer):
     model = TBPSModel.from_spec(tiny_spec(tokenizer, (96, 32))).eval()
     assert model.image_size == (96, 32)
     assert model.backbone.vision_model.embeddings.position_embedding.weight.shape == (1 + 6 * 2, 32)
-    img = model.encode_image(torch.randn(3, 3, 96, 32))
+    img = model.encode_images(torch.randn(3, 3, 96, 32))
     tokens = tokenize(tokenizer, CAPTIONS[:3], model.text_length)
-    txt = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+    txt = model.encode_texts(tokens["input_ids"], tokens["attention_mask"])
     assert img.shape == txt.shape == (3, 24)
     assert torch.allclose(img.norm(dim=1), torch.ones(3)) and torch.allclose(
         txt.norm(dim=1), torch.ones(3)
     )
     with pytest.raises(ValueError, match="input image size 64x32 does not match the model's 96x32"):
-        model.encode_image(torch.randn(1, 3, 64, 32))
+        model.encode_images(torch.randn(1, 3, 64, 32))
 
 
 def test_text_pools_at_end_of_text_token(tokenizer):
@@ -52,8 +52,8 @@ def test_text_pools_at_end_of_text_token(tokenizer):
     assert model.backbone.config.text_config.eos_token_id == tokenizer.eos_token_id != 2
     ids = tokens["input_ids"].clone()
     ids[tokens["attention_mask"] == 0] = tokenizer.unk_token_id  # padding after EOS must not matter
-    a = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
-    b = model.encode_text(ids, tokens["attention_mask"])
+    a = model.encode_texts(tokens["input_ids"], tokens["attention_mask"])
+    b = model.encode_texts(ids, tokens["attention_mask"])
     assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -95,7 +95,7 @@ def test_save_and_load_round_trip(tokenizer, tmp_path):
     model.save_pretrained(tmp_path)
     loaded = TBPSModel.from_pretrained(tmp_path).eval()
     x = torch.randn(2, 3, 64, 32)
-    assert torch.equal(model.encode_image(x), loaded.encode_image(x))
+    assert torch.equal(model.encode_images(x), loaded.encode_images(x))
     assert loaded.spec() == model.spec()
 
 
@@ -174,7 +174,7 @@ def test_vit_b16_patch_layout_at_384x128():
     table = model.backbone.vision_model.embeddings.position_embedding.weight
     assert table.shape == (1 + 24 * 8, 32) and torch.equal(table[0], square[0])
     assert torch.allclose(table[1:], resize_vision_positions(square, (14, 14), (24, 8))[1:])
-    assert model.encode_image(torch.randn(2, 3, 384, 128)).shape == (2, 16)
+    assert model.encode_images(torch.randn(2, 3, 384, 128)).shape == (2, 16)
 
 
 def test_tower_outputs_widths_and_similarity_parameters(tokenizer):

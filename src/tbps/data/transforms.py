@@ -136,6 +136,12 @@ def _check_preset(preset: str) -> None:
         raise ConfigError(f"unknown augment.preset {preset!r}; valid: {', '.join(sorted(PRESETS))}")
 
 
+def preset_interpolation(preset: str) -> str:
+    """The resize interpolation (``bilinear`` / ``bicubic``) of a preset's eval transform."""
+    _check_preset(preset)
+    return PRESETS[preset][1].value
+
+
 def build_image_transforms(
     preset: str,
     image_size: Sequence[int],

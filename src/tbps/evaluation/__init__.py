@@ -1,5 +1,9 @@
-"""Evaluation: retrieval metrics and the gallery/query evaluator."""
+"""Evaluation: retrieval metrics, the encode loop, and scoring a TBPSModel on a split."""
 
-from tbps.evaluation.metrics import chance_level, retrieval_metrics
+from tbps.evaluation.metrics import (
+    chance_level,
+    retrieval_metrics,
+    retrieval_metrics_from_embeddings,
+)
 
-__all__ = ["chance_level", "retrieval_metrics"]
+__all__ = ["chance_level", "retrieval_metrics", "retrieval_metrics_from_embeddings"]

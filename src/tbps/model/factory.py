@@ -14,6 +14,7 @@ from transformers import CLIPModel, PreTrainedTokenizerBase, SiglipModel
 from tbps.data.transforms import CLIP_MEAN, CLIP_STD
 from tbps.errors import ConfigError
 from tbps.model.backbone import add_mask_token, scratch_clip_config, set_image_size, set_text_length
+from tbps.model.export import restore_exact_positions
 from tbps.model.finetune import count_parameters, finetune_settings
 from tbps.model.pretrained import (
     align_special_tokens,
@@ -98,6 +99,7 @@ def pretrained_model(
     finetune: Mapping[str, Any] | None = None,
     mask_token: bool = False,
     init_temperature: float | None = None,
+    interpolation: str = "bilinear",
 ) -> tuple[TBPSModel, PreTrainedTokenizerBase]:
     """A TBPSModel on pretrained CLIP/SigLIP weights, and the tokenizer of the same folder.
 
@@ -108,6 +110,7 @@ def pretrained_model(
     gets a mask token (the token embedding grows by one row when it had none).
     ``init_temperature`` re-initialises the learnable logit scale to 1/init_temperature
     (TBPS-CLIP: 0.07) instead of the checkpoint's; ``temperature`` fixes it instead.
+    ``interpolation`` is the resize mode of the model's evaluation preprocessing.
     """
     if kind not in PRETRAINED_TYPES:
         raise ConfigError(
@@ -122,6 +125,9 @@ def pretrained_model(
     backbone = (CLIPModel if kind == "clip" else SiglipModel)(config).float()
     load_weights(backbone, folder)
     native = backbone.config.vision_config.image_size
+    exported = restore_exact_positions(backbone, folder)  # a folder from tbps export format=hf
+    if exported is not None:
+        log.info("position table of the exported %dx%d model restored exactly", *exported)
     set_image_size(backbone, image_size)
     if text_length is not None:
         set_text_length(backbone, int(text_length))
@@ -139,6 +145,8 @@ def pretrained_model(
         image_std=image_std,
         text_attention_mask=text_attention_mask,
         finetune=settings,
+        interpolation=interpolation,
+        tokenizer=tokenizer,
     )
     trainable, total = count_parameters(model)
     log.info(

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from tbps.data.datasets import GalleryImages, QueryCaptions
 from tbps.data.records import CaptionRecord
 from tbps.errors import ConfigError
+from tbps.evaluation.encode import encode_split
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,8 @@ class HardSampleBoosting(L.Callback):
 
     The objectives that accept per-sample weights (ITC, SDM, CMPM, N-ITC, sigmoid N-ITC, R-ITC,
     TAL, ID) use them from the next batch on. Encoding uses the evaluation transform and the
-    module's ``encode_images`` / ``encode_texts``; every module is put back in the train/eval
-    mode it had. Under DDP every rank computes the same weights.
+    shared encode loop (:func:`tbps.evaluation.encode.encode_split`); every module is put back
+    in the train/eval mode it had. Under DDP every rank computes the same weights.
     """
 
     def __init__(
@@ -117,26 +118,18 @@ class HardSampleBoosting(L.Callback):
             first_of_image.setdefault(r.image_id, r)
         gallery = [(r.pid, r.image_path) for r in first_of_image.values()]
         queries = [(r.pid, r.caption) for r in records]
-        modes = {m: m.training for m in pl_module.modules()}
-        pl_module.eval()
-        try:
-            device = pl_module.device
-            image_feats, text_feats = [], []
-            for batch in self._loader(GalleryImages(gallery, image_transform), collate):
-                image_feats.append(pl_module.encode_images(batch["images"].to(device)).cpu())
-            for batch in self._loader(QueryCaptions(queries), collate):
-                ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-                text_feats.append(pl_module.encode_texts(ids, mask).cpu())
-        finally:
-            for module, training in modes.items():
-                module.train(training)
-        image_pids = torch.tensor([p for p, _ in gallery])
-        text_pids = torch.tensor([p for p, _ in queries])
+        feats = encode_split(
+            pl_module.model,
+            self._loader(GalleryImages(gallery, image_transform), collate),
+            self._loader(QueryCaptions(queries), collate),
+            device=pl_module.device,
+            progress=False,
+        )
         return hard_caption_weights(
-            torch.cat(text_feats),
-            text_pids,
-            torch.cat(image_feats),
-            image_pids,
+            feats.texts.cpu(),
+            feats.text_pids.cpu(),
+            feats.images.cpu(),
+            feats.image_pids.cpu(),
             self.weight,
             self.top_k,
         )

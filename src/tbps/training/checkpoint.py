@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writing, RNG state for exact resume, compatibility checks, reading back."""
+"""Training checkpoints: atomic writing, RNG state for exact resume, compatibility checks."""
 
 from __future__ import annotations
 
@@ -12,60 +12,11 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from tbps.data.tokenization import tokenizer_from_json
 from tbps.errors import ConfigError, DataError
-from tbps.model.tbps import TBPSModel
+from tbps.model.checkpoint import tokenizer_state, upgrade_state_dict
 
-
-def tokenizer_state(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
-    """The tokenizer as stored in a checkpoint: the bytes of its ``save_pretrained`` files.
-
-    Works for fast (BPE) and SentencePiece tokenizers alike, added tokens included.
-    """
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer.save_pretrained(folder)
-        files = {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
-    return {"files": files}
-
-
-def tokenizer_from_state(state: dict[str, Any]) -> PreTrainedTokenizerBase:
-    """Rebuild a tokenizer stored by :func:`tokenizer_state` (or the older JSON form)."""
-    if "files" not in state:
-        return tokenizer_from_json(state["json"], state["special_tokens"])
-    with tempfile.TemporaryDirectory() as folder:
-        for name, data in state["files"].items():
-            (Path(folder) / Path(name).name).write_bytes(data)
-        return AutoTokenizer.from_pretrained(folder)
-
-
-def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A ``tbps train`` checkpoint as a dict (weights-only loading), checked for what tbps needs."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises several types for bad files
-        raise DataError(f"cannot read checkpoint {path}: {e}") from e
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if "model_spec" not in hparams or "state_dict" not in ckpt:
-        raise DataError(f"{path} is not a tbps training checkpoint (no model_spec / state_dict)")
-    if "tbps_tokenizer" not in ckpt:
-        raise DataError(f"{path} has no tokenizer (tbps_tokenizer); was it written by tbps train?")
-    return ckpt
-
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[TBPSModel, PreTrainedTokenizerBase]:
-    """(model in eval mode, tokenizer) from a checkpoint written by ``tbps train``."""
-    ckpt = read_training_checkpoint(path)
-    model = TBPSModel.from_spec(ckpt["hyper_parameters"]["model_spec"])
-    state = {
-        k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
-    }
-    model.load_state_dict(state)
-    return model.eval(), tokenizer_from_state(ckpt["tbps_tokenizer"])
+__all__ = ["AtomicCheckpointIO", "RNGState", "check_compatible", "tokenizer_state"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -152,7 +103,7 @@ def check_compatible(module: torch.nn.Module, ckpt_path: str | os.PathLike) -> N
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001
         raise DataError(f"cannot read checkpoint {ckpt_path}: {e}") from e
-    saved = ckpt.get("state_dict", {})
+    saved = upgrade_state_dict(ckpt.get("state_dict", {}))
     current = module.state_dict()
     missing = [k for k in current if k not in saved]
     unexpected = [k for k in saved if k not in current]
@@ -167,26 +118,3 @@ def check_compatible(module: torch.nn.Module, ckpt_path: str | os.PathLike) -> N
                 f"{ckpt_path} does not fit this model: {key} has shape {tuple(saved[key].shape)} "
                 f"in the checkpoint, {tuple(value.shape)} in the model (another backbone?)"
             )
-
-
-def load_for_evaluation(path: str | os.PathLike) -> tuple[Any, PreTrainedTokenizerBase, Any]:
-    """(module in eval mode, tokenizer, eval image transform) of a training checkpoint.
-
-    The whole LightningModule is rebuilt, so retrieval uses exactly what validation used
-    (e.g. RDE's fused global + token-selection embeddings), with the training run's eval
-    preprocessing (size, mean/std and the augment preset's resize interpolation).
-    """
-    from tbps.data.transforms import build_image_transforms
-    from tbps.training.module import TBPSLightningModule
-
-    ckpt = read_training_checkpoint(path)
-    hparams = dict(ckpt["hyper_parameters"])
-    preset = hparams.get("augment_preset", "none")
-    module = TBPSLightningModule(**hparams)
-    module.load_state_dict(ckpt["state_dict"])
-    module.eval()
-    model = module.model
-    _, transform = build_image_transforms(
-        preset, model.image_size, model.image_mean, model.image_std
-    )
-    return module, tokenizer_from_state(ckpt["tbps_tokenizer"]), transform

@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from tbps.errors import ConfigError, TBPSError
-from tbps.evaluation.evaluator import evaluate_embeddings
+from tbps.evaluation.encode import encode_images_batch, encode_texts_batch
+from tbps.evaluation.retrieval import evaluate_embeddings
 from tbps.losses import (
     check_objectives_for_backbone,
     compute_losses,
@@ -18,9 +19,10 @@ from tbps.losses import (
     resolve_objectives,
     tse_settings,
 )
-from tbps.model.heads import TrainingHeads, fused_embedding
+from tbps.model.checkpoint import tokenizer_from_state, upgrade_state_dict
 from tbps.model.tbps import TBPSModel
 from tbps.training.distributed import gather_batch, world_size
+from tbps.training.heads import TrainingHeads
 from tbps.training.optim import OptimSettings, build_scheduler, steps_per_epoch
 from tbps.training.step import softlabel_ramp, step_inputs
 
@@ -44,7 +46,9 @@ class TBPSLightningModule(L.LightningModule):
     ``on_nonfinite``: ``error`` stops at a NaN/Inf loss term, ``skip`` skips that batch
     (counted, logged; single-device only). ``sample_weights`` (per training-dataset index,
     set by the boosting callback) re-weight the objectives that accept per-sample weights.
-    ``augment_preset`` is recorded so evaluation rebuilds the run's eval transform.
+    ``augment_preset`` is recorded so that older specs without ``interpolation`` still give
+    the run's eval transform. RDE's token-selection head is part of the model (``tse=true``
+    objectives add it), so ``self.model`` alone is what retrieval needs.
     """
 
     def __init__(
@@ -69,6 +73,11 @@ class TBPSLightningModule(L.LightningModule):
         self.objectives = resolve_objectives(objectives)
         # a prebuilt model carries pretrained weights; checkpoints rebuild it from the spec
         self.model = model if model is not None else TBPSModel.from_spec(model_spec)
+        tse = tse_settings(self.objectives)
+        if tse is not None and self.model.token_selection is None:
+            self.model.add_token_selection(*tse)
+        if tokenizer_state is not None and self.model.tokenizer is None:
+            self.model.tokenizer = tokenizer_from_state(tokenizer_state)
         check_objectives_for_backbone(self.objectives, self.model.is_sigmoid, num_classes)
         self.heads = self._build_heads(num_classes)
         self._freeze_unused_similarity_parameters()
@@ -83,7 +92,6 @@ class TBPSLightningModule(L.LightningModule):
     # -- heads --------------------------------------------------------------------------------
     def _build_heads(self, num_classes: int) -> TrainingHeads:
         model, objectives = self.model, self.objectives
-        tse = tse_settings(objectives)
         return TrainingHeads(
             embed_dim=model.embed_dim,
             vision_width=model.vision_width,
@@ -92,8 +100,6 @@ class TBPSLightningModule(L.LightningModule):
             num_classes=num_classes if "id" in objectives else 0,
             mlm_layers=objectives["mlm"]["layers"] if "mlm" in objectives else None,
             ss="ss" in objectives,
-            tse_ratio=tse[0] if tse else None,
-            tse_dim=tse[1] if tse else None,
         )
 
     def _freeze_unused_similarity_parameters(self) -> None:
@@ -202,18 +208,12 @@ class TBPSLightningModule(L.LightningModule):
 
     # -- encoders (evaluation and boosting) ----------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit-norm retrieval embeddings: with TSE, the fused [global, TSE] / sqrt(2)."""
-        if self.heads.tse is None:
-            return self.model.encode_image(images)
-        out, tse = self.heads.tse.encode_image(self.model, images)
-        return fused_embedding(out.embeds, tse)
+        """The model's unit-norm retrieval embeddings (see :meth:`TBPSModel.encode_images`)."""
+        return self.model.encode_images(images)
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Unit-norm retrieval embeddings of captions (fused with TSE, like ``encode_images``)."""
-        if self.heads.tse is None:
-            return self.model.encode_text(input_ids, attention_mask)
-        out, tse = self.heads.tse.encode_text(self.model, input_ids, attention_mask)
-        return fused_embedding(out.embeds, tse)
+        """The model's unit-norm retrieval embeddings of captions."""
+        return self.model.encode_texts(input_ids, attention_mask)
 
     def configure_optimizers(self):
         optimizer = self.optim.build_optimizer(self)
@@ -241,12 +241,13 @@ class TBPSLightningModule(L.LightningModule):
 
     def _eval_step(self, batch: dict, dataloader_idx: int) -> None:
         if dataloader_idx == 0:
-            self._eval_buffers["images"].append(self.encode_images(batch["images"]).float())
+            feats = encode_images_batch(self.model, batch, self.device)
+            self._eval_buffers["images"].append(feats)
             self._eval_buffers["image_pids"].append(batch["pids"])
             self._eval_buffers["image_idx"].append(batch["indices"])
         else:
-            feats = self.encode_texts(batch["input_ids"], batch["attention_mask"])
-            self._eval_buffers["texts"].append(feats.float())
+            feats = encode_texts_batch(self.model, batch, self.device)
+            self._eval_buffers["texts"].append(feats)
             self._eval_buffers["text_pids"].append(batch["pids"])
             self._eval_buffers["text_idx"].append(batch["indices"])
 
@@ -263,7 +264,7 @@ class TBPSLightningModule(L.LightningModule):
         feats, pids, idx = feats[order], pids[order], idx[order]
         keep = torch.ones_like(idx, dtype=torch.bool)
         keep[1:] = idx[1:] != idx[:-1]
-        return feats[keep].cpu(), pids[keep].cpu()
+        return feats[keep], pids[keep]  # on the device: metrics are computed there
 
     def _eval_end(self, prefix: str) -> None:
         buffers = {k: torch.cat(v) for k, v in self._eval_buffers.items() if v}
@@ -280,10 +281,10 @@ class TBPSLightningModule(L.LightningModule):
         results = evaluate_embeddings(images, image_pids, texts, text_pids)
         self.results[prefix] = results
         self.embeddings[prefix] = {
-            "images": images,
-            "image_pids": image_pids,
-            "texts": texts,
-            "text_pids": text_pids,
+            "images": images.cpu(),
+            "image_pids": image_pids.cpu(),
+            "texts": texts.cpu(),
+            "text_pids": text_pids.cpu(),
         }
         for task, metrics in results.items():
             for key in ("R1", "R5", "R10", "mAP", "mINP"):
@@ -334,5 +335,7 @@ class TBPSLightningModule(L.LightningModule):
             checkpoint["tbps_sample_weights"] = self.sample_weights
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # runs before the weights are loaded: older checkpoints get today's key names
+        checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
         self.tokenizer_state = checkpoint.get("tbps_tokenizer", self.tokenizer_state)
         self.sample_weights = checkpoint.get("tbps_sample_weights", self.sample_weights)

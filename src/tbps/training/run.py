@@ -21,12 +21,13 @@ from tbps.data.records import DatasetSplits
 from tbps.data.sources import load_dataset_section
 from tbps.data.text_augment import TextAugmentOptions
 from tbps.data.tokenization import train_caption_tokenizer
+from tbps.data.transforms import preset_interpolation
 from tbps.data.views import DataViews, required_views
 from tbps.errors import ConfigError
-from tbps.evaluation.evaluator import format_table
 from tbps.evaluation.failures import find_failures, wandb_failure_table, write_failure_report
 from tbps.evaluation.metrics import chance_level
-from tbps.losses import resolve_objectives
+from tbps.evaluation.retrieval import format_table
+from tbps.losses import resolve_objectives, tse_settings
 from tbps.model.factory import (
     PRETRAINED_TYPES,
     check_backbone_type,
@@ -130,6 +131,8 @@ def _build_model_spec(cfg: DictConfig, train_captions: list[str]):
     std = backbone.get("image_std") or cfg.augment.std
     finetune = _finetune_settings(backbone)
     text_mask = backbone.get("text_attention_mask", True)
+    interpolation = preset_interpolation(cfg.augment.preset)  # of the eval transform
+    tse = tse_settings(resolve_objectives(OmegaConf.to_container(cfg.objectives, resolve=True)))
     if backbone.type in PRETRAINED_TYPES:
         _check_backbone(cfg)
         model, tokenizer = pretrained_model(
@@ -144,7 +147,10 @@ def _build_model_spec(cfg: DictConfig, train_captions: list[str]):
             text_attention_mask=text_mask,
             finetune=finetune,
             mask_token=_needs_mask_token(cfg),
+            interpolation=interpolation,
         )
+        if tse is not None:
+            model.add_token_selection(*tse)
         return model.spec(), tokenizer, model
     tokenizer = train_caption_tokenizer(
         train_captions, backbone.tokenizer.vocab_size, backbone.tokenizer.min_frequency
@@ -164,6 +170,8 @@ def _build_model_spec(cfg: DictConfig, train_captions: list[str]):
         text_attention_mask=text_mask,
         finetune=finetune,
     )
+    spec["interpolation"] = interpolation
+    spec["token_selection"] = None if tse is None else {"ratio": tse[0], "dim": tse[1]}
     return spec, tokenizer, None
 
 

@@ -10,8 +10,8 @@ import torch
 from tbps.errors import ConfigError
 from tbps.losses import LossInputs, required_features
 from tbps.losses.classification import IGNORE_INDEX
-from tbps.model.heads import TrainingHeads
 from tbps.model.tbps import TBPSModel
+from tbps.training.heads import TrainingHeads
 
 #: batch key -> what produces it (for the error when the data module did not)
 VIEW_KEYS = {
@@ -51,9 +51,9 @@ def step_inputs(
     want_tokens = "mlm_head" in needs
     metrics: dict[str, torch.Tensor] = {}
     tse_image = tse_text = None
-    if heads.tse is not None:
-        image_out, tse_image = heads.tse.encode_image(model, images)
-        text_out, tse_text = heads.tse.encode_text(model, input_ids, mask)
+    if model.token_selection is not None:
+        image_out, tse_image = model.token_selection.encode_image(model, images)
+        text_out, tse_text = model.token_selection.encode_text(model, input_ids, mask)
     else:
         image_out = model.image_forward(images, tokens=want_tokens)
         text_out = model.text_forward(input_ids, mask)

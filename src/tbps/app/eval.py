@@ -1,0 +1,56 @@
+"""`tbps eval`: score a model folder or a checkpoint on one split of a dataset, on any device."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from tbps.app.models import load_model, model_source
+from tbps.data.images import check_images
+from tbps.data.sources import load_dataset_section
+from tbps.evaluation.encode import check_precision, resolve_device
+from tbps.evaluation.retrieval import format_table
+from tbps.evaluation.split import evaluate_split
+
+log = logging.getLogger(__name__)
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    """Encode the split's gallery and queries with the model; print and return the metrics."""
+    source = model_source(cfg)
+    device = resolve_device(cfg.device)
+    check_precision(cfg.precision, device)  # before any work
+    progress = sys.stderr.isatty()
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    dataset = load_dataset_section(data, cfg.cache_dir, progress=progress)
+    images = check_images(dataset.split(cfg.split), cfg.data.on_bad_image, cfg.split)
+    model = load_model(cfg)
+    log.info("evaluating %s=%s on %s %s (%s)", *source, dataset.name, cfg.split, device)
+    evaluation = evaluate_split(
+        model,
+        images,
+        batch_size=cfg.loader.eval_batch_size,
+        num_workers=cfg.loader.num_workers,
+        device=device,
+        precision=str(cfg.precision),
+        progress=progress,
+    )
+    table = {f"{dataset.name} {cfg.split}": evaluation.results, "chance": evaluation.chance}
+    print(format_table(table))
+    out = {
+        source[0]: source[1],
+        "dataset": dataset.name,
+        "split": cfg.split,
+        "device": str(device),
+        "precision": str(cfg.precision),
+        **evaluation.results,
+    }
+    if cfg.out:
+        Path(cfg.out).write_text(json.dumps(out, indent=2))
+        log.info("metrics written to %s", cfg.out)
+    return out
