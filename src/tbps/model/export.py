@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,10 @@ def export_onnx(
     names = {IMAGE_ONNX: ["pixel_values"], TEXT_ONNX: ["input_ids", "attention_mask"]}
     for wrapper, name, args, shapes in jobs:
         start = time.perf_counter()
-        with torch.no_grad():
+        wrapper.eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            # both encoders' inputs share the one batch axis; the exporter says so
+            warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used")
             program = torch.onnx.export(
                 wrapper,
                 args,
