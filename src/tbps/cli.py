@@ -305,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(OmegaConf.to_yaml(cfg, resolve=print_cfg == "resolved"))
             return 0
+        from tbps.app.schema import validate_config
+
+        validate_config(VERBS[verb], cfg)  # types and ranges, once, before any work
         code = RUNNERS[verb](cfg)
     except TBPSError as e:
         print(f"tbps {verb}: error: {_one_line(e)}", file=sys.stderr)

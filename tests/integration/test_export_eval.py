@@ -95,7 +95,9 @@ def test_onnx_export_matches_torch_with_any_batch_size(rde_run, tmp_path, capsys
     out = tmp_path / "onnx"
     assert main(["export", f"ckpt_path={ckpt}", f"out={out}", "format=onnx"]) == 0
     assert "onnxruntime vs torch: image max |diff|" in capsys.readouterr().out
-    assert {IMAGE_ONNX, TEXT_ONNX, "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    assert {IMAGE_ONNX, TEXT_ONNX, "config.json", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()
+    }
     model = model_from_checkpoint(ckpt)
     texts = ["a woman in a red coat", "a man with a black backpack and blue jeans", "a child"]
     for n in (1, 5):
@@ -133,7 +135,13 @@ def test_hf_export_loads_in_transformers_and_starts_a_new_run(rde_run, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(again.image_embeddings(pixels), source.image_embeddings(pixels))
     run = tmp_path / "again"
-    args = ["train", *TINY[:4], "backbone=clip_tiny", f"backbone.path={out}", "backbone.image_size=[128,64]"]
+    args = [
+        "train",
+        *TINY[:4],
+        "backbone=clip_tiny",
+        f"backbone.path={out}",
+        "backbone.image_size=[128,64]",
+    ]
     assert main([*args, f"run_dir={run}", f"cache_dir={tmp_path / 'cache'}"]) == 0
     assert (run / "metrics.json").is_file()
 
@@ -141,7 +149,7 @@ def test_hf_export_loads_in_transformers_and_starts_a_new_run(rde_run, tmp_path)
 def test_export_and_eval_refuse_bad_input_before_any_work(tmp_path, capsys):
     ckpt = FIXTURE / "best.ckpt"
     assert main(["export", f"ckpt_path={ckpt}", f"out={tmp_path / 'x'}", "format=tflite"]) == 2
-    assert "unknown export format='tflite'; valid: tbps, hf, onnx" in capsys.readouterr().err
+    assert "format='tflite': expected one of tbps, hf, onnx" in capsys.readouterr().err
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     assert main(["export", f"ckpt_path={ckpt}", f"out={tmp_path / 'full'}"]) == 2

@@ -80,8 +80,12 @@ def test_tokenize_and_preprocess_are_what_training_used(tokenizer):
     tokens = model.tokenize(CAPTIONS[:2])
     assert torch.equal(tokens["input_ids"], batch["input_ids"])
     assert torch.equal(tokens["attention_mask"], batch["attention_mask"])
-    assert torch.equal(model.tokenize(["A WOMAN"])["input_ids"], model.tokenize(["a woman"])["input_ids"])
-    _, eval_transform = build_image_transforms("siglip", (64, 32), model.image_mean, model.image_std)
+    assert torch.equal(
+        model.tokenize(["A WOMAN"])["input_ids"], model.tokenize(["a woman"])["input_ids"]
+    )
+    _, eval_transform = build_image_transforms(
+        "siglip", (64, 32), model.image_mean, model.image_std
+    )
     assert torch.equal(model.preprocess(photo(3))[0], eval_transform(photo(3)))
     bilinear = tiny_model(tokenizer, tse=False, interpolation="bilinear")
     assert not torch.equal(bilinear.preprocess(photo(3)), model.preprocess(photo(3)))

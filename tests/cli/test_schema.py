@@ -1,0 +1,85 @@
+"""The typed schema: every packaged config passes it; bad values end in one line naming the
+key, the value and what is expected, before any work (exit 2, no traceback)."""
+
+from pathlib import Path
+
+import pytest
+
+from tbps.app.schema import SCHEMAS, validate_config
+from tbps.cli import compose_config, main
+from tbps.errors import ConfigError
+
+CONFIGS = Path(__file__).parents[2] / "src" / "tbps" / "configs"
+GROUPS = [
+    "backbone",
+    "data",
+    "augment",
+    "objectives",
+    "optim",
+    "loader",
+    "trainer",
+    "logger",
+    "debug",
+]
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_option_passes_the_schema(group):
+    for option in _options(group):
+        overrides = [f"{group}={option}"]
+        if group == "data" and option not in ("synthetic", "synthetic_vn3k"):
+            overrides.append("data.root=/data")
+        validate_config("train", compose_config("train", overrides))
+
+
+def test_every_experiment_and_command_passes_the_schema():
+    for name in _options("experiment"):
+        validate_config("train", compose_config("train", [f"experiment={name}"]))
+    for verb in SCHEMAS:
+        validate_config(verb, compose_config(verb, []))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("loader.batch_size=0", "loader.batch_size=0: expected a positive integer"),
+        ("loader.num_workers=-1", "loader.num_workers=-1: expected an integer >= 0"),
+        ("optim.lr=fast", "optim.lr='fast': expected a positive number"),
+        ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5: expected a positive integer"),
+        (
+            "augment.mlm.probability=1.5",
+            "augment.mlm.probability=1.5: expected a probability in (0, 1)",
+        ),
+        ("optim.schedule=cosinus", "optim.schedule='cosinus': expected one of cosine, linear"),
+        (
+            "backbone.image_size=[384,0]",
+            "backbone.image_size=[384, 0]: expected a list of 2 values",
+        ),
+        (
+            "trainer.enable_progress_bar=maybe",
+            "trainer.enable_progress_bar='maybe': expected true or false",
+        ),
+        (
+            "logger.types=[csv,mlflow]",
+            "logger.types=['csv', 'mlflow']: expected a list of values, each one of csv",
+        ),
+    ],
+)
+def test_bad_values_are_one_line_naming_key_value_and_expectation(
+    override, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_validate_names_the_key_for_library_users():
+    cfg = compose_config("eval", ["loader.eval_batch_size=0"])
+    with pytest.raises(ConfigError, match="loader.eval_batch_size=0"):
+        validate_config("eval", cfg)
