@@ -26,10 +26,10 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     check_precision(cfg.precision, device)  # before any work
     progress = sys.stderr.isatty()
+    model = load_model(cfg)  # a bad model folder or checkpoint fails before the data work
     data = OmegaConf.to_container(cfg.data, resolve=True)
     dataset = load_dataset_section(data, cfg.cache_dir, progress=progress)
     images = check_images(dataset.split(cfg.split), cfg.data.on_bad_image, cfg.split)
-    model = load_model(cfg)
     log.info("evaluating %s=%s on %s %s (%s)", *source, dataset.name, cfg.split, device)
     evaluation = evaluate_split(
         model,

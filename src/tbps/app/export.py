@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from tbps.app.models import load_model, model_source
 from tbps.errors import ConfigError
-from tbps.model.export import FORMATS, export_hf, export_onnx
+from tbps.model.export import FORMATS, export_hf, export_onnx, require_onnx
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.out).expanduser()
     _check_out(out, cfg.overwrite)
     source = model_source(cfg)
+    if cfg.format == "onnx":
+        require_onnx()  # before loading anything
     model = load_model(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import CLIPModel, SiglipModel
 
-from tbps.errors import DataError
+from tbps.errors import ConfigError, DataError
 from tbps.model.backbone import Backbone, resize_vision_positions, set_image_size
 from tbps.model.tbps import CONFIG_FILE, TBPSModel
 
@@ -152,6 +152,20 @@ def _example_inputs(model: TBPSModel, batch: int, seed: int = 0) -> dict[str, to
     }
 
 
+def require_onnx() -> None:
+    """Raise a ConfigError naming the missing packages of the ``[onnx]`` extra."""
+    import importlib.util
+
+    missing = [
+        m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        raise ConfigError(
+            f"format=onnx needs {', '.join(missing)}: pip install 'tbps[onnx]' (or pip install "
+            f"{' '.join(missing)})"
+        )
+
+
 def export_onnx(
     model: TBPSModel, out: str | os.PathLike, opset: int = 18, verify: bool = True
 ) -> dict[str, Any]:
@@ -159,6 +173,7 @@ def export_onnx(
     folder's ``config.json`` and the tokenizer files; with ``verify``, run both in onnxruntime
     on random inputs of another batch size and compare with torch (max |diff| <= 1e-4).
     Returns ``{"image_max_diff", "text_max_diff", "files"}``."""
+    require_onnx()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).merge_lora().float().cpu().eval()
