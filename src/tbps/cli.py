@@ -310,10 +310,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_config(VERBS[verb], cfg)  # types and ranges, once, before any work
         code = RUNNERS[verb](cfg)
     except TBPSError as e:
-        print(f"tbps {verb}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"tbps {verb}: interrupted", file=sys.stderr)
+        code = getattr(e, "exit_code", 2)
+        print(f"tbps {verb}: {'error: ' if code else ''}{_one_line(e)}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt as e:
+        run_dir = getattr(e, "run_dir", None)
+        hint = f"; continue with: tbps train resume={run_dir}" if run_dir else ""
+        print(f"tbps {verb}: interrupted{hint}", file=sys.stderr)
         return 130
     return code or 0
 

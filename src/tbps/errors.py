@@ -11,3 +11,9 @@ class DataError(TBPSError):
 
 class ConfigError(TBPSError):
     """A configuration value is unknown, invalid or incompatible with another one."""
+
+
+class NothingToDo(TBPSError):
+    """The command has nothing to do (e.g. resuming a finished run): said, exit code 0."""
+
+    exit_code = 0

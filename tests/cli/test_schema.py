@@ -4,6 +4,7 @@ key, the value and what is expected, before any work (exit 2, no traceback)."""
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from tbps.app.schema import SCHEMAS, validate_config
 from tbps.cli import compose_config, main
@@ -33,14 +34,33 @@ def test_every_group_option_passes_the_schema(group):
         overrides = [f"{group}={option}"]
         if group == "data" and option not in ("synthetic", "synthetic_vn3k"):
             overrides.append("data.root=/data")
-        validate_config("train", compose_config("train", overrides))
+        cfg = compose_config("train", overrides)
+        if OmegaConf.is_missing(cfg.backbone, "path"):  # pretrained backbones need a folder
+            cfg.backbone.path = "/models/backbone"
+        validate_config("train", cfg)
 
 
 def test_every_experiment_and_command_passes_the_schema():
     for name in _options("experiment"):
-        validate_config("train", compose_config("train", [f"experiment={name}"]))
+        cfg = compose_config("train", [f"experiment={name}", "data.root=/data"])
+        validate_config("train", cfg)
+    required = {"export": ["out=/tmp/x"]}
     for verb in SCHEMAS:
-        validate_config(verb, compose_config(verb, []))
+        validate_config(verb, compose_config(verb, required.get(verb, [])))
+
+
+def test_required_values_never_show_the_missing_marker(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "data=vn3k_en"]) == 2
+    err = capsys.readouterr().err
+    assert "data=vn3k_en needs data.root=DIR" in err and "???" not in err
+    assert main(["train", "backbone=clip_tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "backbone=clip_tiny needs backbone.path=DIR" in err and "???" not in err
+    assert main(["data", "stats", "data=icfg_pedes"]) == 2
+    assert "data=icfg_pedes needs data.root=DIR" in capsys.readouterr().err
+    assert main(["export", "model=x"]) == 2
+    assert "out=DIR is required" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -157,7 +157,9 @@ def test_resume_refuses_a_checkpoint_of_another_backbone(tmp_path, monkeypatch, 
         tmp_path / "b" / "checkpoints" / "last.ckpt", tmp_path / "a" / "checkpoints" / "last.ckpt"
     )
     monkeypatch.chdir(tmp_path)
-    assert main(["train", f"resume={tmp_path / 'a'}"]) == 2
+    assert main(["train", f"resume={tmp_path / 'a'}"]) == 0  # finished: nothing to do
+    assert "is finished (metrics.json); nothing to do" in capsys.readouterr().err
+    assert main(["train", f"resume={tmp_path / 'a'}", "resume_finished=true"]) == 2
     err = capsys.readouterr().err
     assert "does not fit this model" in err and "shape" in err
     assert main(["train", f"resume={tmp_path / 'a'}", "backbone.name=x"]) == 2

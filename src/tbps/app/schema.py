@@ -110,6 +110,7 @@ def _train_rules() -> dict[str, Rule]:
         "seed": INT,
         "runs_dir": TEXT,
         "validate_before_training": BOOL,
+        "resume_finished": BOOL,
         "on_nonfinite_loss": choice(NONFINITE_POLICIES),
         "early_stopping.enabled": BOOL,
         "early_stopping.mode": choice(("max", "min")),
@@ -238,11 +239,49 @@ SCHEMAS: dict[str, Callable[[], dict[str, Rule]]] = {
 }
 
 
-def validate_config(config_name: str, cfg: Any) -> None:
-    """Check ``cfg`` (a composed DictConfig) against its command's schema; raises ConfigError
-    naming the first bad key."""
+#: required keys (``???`` in the YAML) -> what to say when one is not set
+REQUIRED_HINTS = {
+    "data.root": "data={data.name} needs data.root=DIR (the dataset folder)",
+    "out": "out=DIR is required: where to write (see tbps --help)",
+    "backbone.path": "backbone={backbone.name} needs backbone.path=DIR (a Hugging Face folder "
+    "with config.json, weights and tokenizer, or a hub id)",
+}
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig, OmegaConf
+
+    keys = []
+    for key in node:
+        path = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            keys.append(path)
+        elif isinstance(node[key], DictConfig):
+            keys.extend(_missing_keys(node[key], f"{path}."))
+    return keys
+
+
+def check_required(cfg: Any) -> None:
+    """Every required value (``???``) must be set: one line saying which, and how."""
     from omegaconf import OmegaConf
 
+    for key in _missing_keys(cfg):
+        hint = REQUIRED_HINTS.get(key)
+        if hint and "." in key:
+            section = key.split(".")[0]
+            name = OmegaConf.select(cfg, f"{section}.name", default=section)
+            raise ConfigError(hint.replace("{" + section + ".name}", str(name)))
+        if hint:
+            raise ConfigError(hint)
+        raise ConfigError(f"{key} is required: set {key}=...")
+
+
+def validate_config(config_name: str, cfg: Any) -> None:
+    """Check ``cfg`` (a composed DictConfig): required values set, then its command's schema;
+    raises ConfigError naming the first bad key. No message ever shows OmegaConf's ``???``."""
+    from omegaconf import OmegaConf
+
+    check_required(cfg)
     rules = SCHEMAS.get(config_name)
     if rules is None:
         return

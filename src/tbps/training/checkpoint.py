@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +24,35 @@ from tbps.model.checkpoint import tokenizer_state, upgrade_state_dict
 __all__ = ["AtomicCheckpointIO", "RNGState", "check_compatible", "tokenizer_state"]
 
 
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Ctrl-C inside the block is held until the block ends, then raised: a checkpoint being
+    written is finished first (the main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _umask_mode() -> int:
+    """The mode a new file gets from the process umask (mkstemp would give 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the same folder, then renames it into
-    place: an interrupted save never leaves a truncated ``last.ckpt`` or ``best.ckpt``."""
+    place: an interrupted save never leaves a truncated ``last.ckpt`` or ``best.ckpt``, and a
+    Ctrl-C during the write waits for it to finish. Files get the umask's mode, so colleagues
+    on a shared machine can read them as they can read the rest of the run folder."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         if storage_options is not None:
@@ -30,11 +61,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            with deferred_interrupt():
+                with os.fdopen(fd, "wb") as f:
+                    torch.save(checkpoint, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, _umask_mode())
+                os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -89,6 +122,23 @@ class RNGState(Callback):
         datamodule = trainer.datamodule
         if hasattr(datamodule, "reseed_train_randomness"):
             datamodule.reseed_train_randomness(int(torch.randint(2**31 - 1, (1,)).item()))
+
+
+class WallClock(Callback):
+    """Seconds the run has spent training, counted across resumes (saved in checkpoints)."""
+
+    def __init__(self) -> None:
+        self.start = time.time()
+        self.before = 0.0  # seconds of the earlier parts of a resumed run
+
+    def seconds(self) -> float:
+        return self.before + time.time() - self.start
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.before = float(state.get("seconds", 0.0))
 
 
 def _as_tuples(value):

@@ -87,6 +87,7 @@ class TBPSLightningModule(L.LightningModule):
         self.tokenizer_state = tokenizer_state
         self._eval_buffers: dict[str, list[torch.Tensor]] = {}
         self.results: dict[str, dict] = {}  # last metrics per prefix (val, test)
+        self.test_label: str | None = None  # "best" / "last": test metrics as test/best/...
         self.embeddings: dict[str, dict[str, torch.Tensor]] = {}  # last eval embeddings per prefix
 
     # -- heads --------------------------------------------------------------------------------
@@ -286,10 +287,11 @@ class TBPSLightningModule(L.LightningModule):
             "texts": texts.cpu(),
             "text_pids": text_pids.cpu(),
         }
+        name = f"{prefix}/{self.test_label}" if prefix == "test" and self.test_label else prefix
         for task, metrics in results.items():
             for key in ("R1", "R5", "R10", "mAP", "mINP"):
                 self.log(
-                    f"{prefix}/{task}/{key}",
+                    f"{name}/{task}/{key}",
                     float(metrics[key]),
                     prog_bar=(key == "R1" and task == "t2i"),
                     sync_dist=self.trainer.world_size > 1,  # equal on every rank already

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tbps.errors import ConfigError
 
@@ -45,6 +45,10 @@ def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> 
             raise ConfigError(
                 f"{key} cannot change when resuming (it is fixed by {config_file}); start a new run"
             )
+        if key == "resume_finished":  # not in the config.yaml of runs from tbps 0.1
+            with open_dict(cfg):
+                cfg.resume_finished = bool(yaml.safe_load(value))
+            continue
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             raise ConfigError(f"unknown config key {key!r} in {config_file}")
         OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)

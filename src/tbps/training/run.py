@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
+import signal
+import sys
 import time
 import warnings
 from datetime import datetime
@@ -13,17 +16,23 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tbps.data.datamodule import TBPSDataModule
+from tbps.data.images import check_images
 from tbps.data.records import DatasetSplits
 from tbps.data.sources import load_dataset_section
 from tbps.data.text_augment import TextAugmentOptions
 from tbps.data.tokenization import train_caption_tokenizer
 from tbps.data.transforms import preset_interpolation
 from tbps.data.views import DataViews, required_views
-from tbps.errors import ConfigError
+from tbps.errors import ConfigError, NothingToDo
 from tbps.evaluation.failures import find_failures, wandb_failure_table, write_failure_report
 from tbps.evaluation.metrics import chance_level
 from tbps.evaluation.retrieval import format_table
@@ -37,7 +46,13 @@ from tbps.model.factory import (
 from tbps.model.finetune import count_parameters, finetune_settings
 from tbps.model.pretrained import read_config, resolve_backbone_path, weight_files
 from tbps.training.boosting import HardSampleBoosting
-from tbps.training.checkpoint import AtomicCheckpointIO, RNGState, check_compatible, tokenizer_state
+from tbps.training.checkpoint import (
+    AtomicCheckpointIO,
+    RNGState,
+    WallClock,
+    check_compatible,
+    tokenizer_state,
+)
 from tbps.training.distributed import RankAgreement, files_digest, launched_rank_zero
 from tbps.training.loggers import build_loggers, provenance
 from tbps.training.module import TBPSLightningModule
@@ -56,7 +71,16 @@ def resolve_run_dir(
     if run_dir:
         path = Path(run_dir).expanduser()
         if check_empty and path.exists() and any(path.iterdir()):
-            raise ConfigError(f"run folder {path} exists and is not empty; choose another run_dir")
+            if not failed_start(path):
+                raise ConfigError(
+                    f"run folder {path} exists and is not empty; choose another run_dir"
+                )
+            log.warning("%s holds a start that failed before any checkpoint: reusing it", path)
+            if (path / "logs").is_dir():  # keep the failed start's metrics
+                n = 1
+                while (path / f"logs-failed-{n}").exists():
+                    n += 1
+                (path / "logs").rename(path / f"logs-failed-{n}")
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path(runs_dir).expanduser() / name / stamp
@@ -65,6 +89,35 @@ def resolve_run_dir(
             path = path.with_name(f"{stamp}-{suffix}")
             suffix += 1
     return path
+
+
+def failed_start(path: Path) -> bool:
+    """A run folder whose start failed before its first checkpoint (nothing to resume or
+    lose but its log, which a new start appends to)."""
+    return (
+        (path / "config.yaml").is_file()
+        and not (path / "metrics.json").exists()
+        and not any((path / "checkpoints").glob("*.ckpt"))
+    )
+
+
+def absolute_paths(cfg: DictConfig) -> None:
+    """Store the run's paths absolute, so ``resume=`` works from any working directory."""
+    with open_dict(cfg):
+        for key in ("data.root", "runs_dir", "cache_dir", "run_dir", "resume"):
+            if OmegaConf.is_missing(cfg, key):
+                continue
+            value = OmegaConf.select(cfg, key)
+            if isinstance(value, str) and value:
+                OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value)))
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; ``run_dir`` is where ``tbps train resume=`` continues it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
 
 
 def dataset_from_config(
@@ -175,8 +228,25 @@ def _build_model_spec(cfg: DictConfig, train_captions: list[str]):
     return spec, tokenizer, None
 
 
+class EpochProgressBar(TQDMProgressBar):
+    """Lightning's bar, counting epochs as the log does: ``Epoch 2/2``, not ``Epoch 1``."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(
+            f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        )
+
+
+def progress_bar_enabled(cfg: DictConfig) -> bool:
+    """Bars only on a terminal: in files and SLURM logs their carriage returns glue to the
+    output around them."""
+    return bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
+
+
 def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs["enable_progress_bar"] = progress_bar_enabled(cfg)
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
@@ -196,6 +266,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 
 def _run_training(cfg: DictConfig, rank_zero: bool) -> dict[str, Any]:
     start = time.time()
+    absolute_paths(cfg)
     objectives = resolve_objectives(OmegaConf.to_container(cfg.objectives, resolve=True))
     resume = _resume_checkpoint(cfg)
     run_dir = (
@@ -205,8 +276,9 @@ def _run_training(cfg: DictConfig, rank_zero: bool) -> dict[str, Any]:
     )
     check_devices(cfg.trainer, cfg.on_nonfinite_loss)
     _check_backbone(cfg)
-    # fail on bad data before creating the run folder
-    dataset = dataset_from_config(cfg, generate=rank_zero)
+    # fail on bad data (unknown folder, missing images) before creating the run folder
+    dataset = dataset_from_config(cfg, progress=sys.stderr.isatty(), generate=rank_zero)
+    check_split_images(cfg, dataset)
     if not rank_zero:
         return _run(cfg, run_dir, dataset, objectives, start, resume, rank_zero=False)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -215,9 +287,37 @@ def _run_training(cfg: DictConfig, rank_zero: bool) -> dict[str, Any]:
     logging.getLogger().addHandler(file_log)
     try:
         return _run(cfg, run_dir, dataset, objectives, start, resume)
+    except KeyboardInterrupt as e:
+        log.warning("interrupted; continue with: tbps train resume=%s", run_dir)
+        raise RunInterrupted(run_dir) from e
+    except BaseException as e:
+        log.error("run failed: %s: %s", type(e).__name__, e)  # in train.log, not only stderr
+        raise
     finally:
         logging.getLogger().removeHandler(file_log)
         file_log.close()
+
+
+def _interruptible(trainer: L.Trainer, call, *args, **kwargs):
+    """Run a Trainer entry point; Lightning turns Ctrl-C into ``sys.exit(1)`` (and leaves
+    SIGINT ignored): turn it back into KeyboardInterrupt with the handler restored."""
+    try:
+        return call(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
+        raise
+
+
+def check_split_images(cfg: DictConfig, dataset: DatasetSplits) -> None:
+    """With ``data.on_bad_image=error``, every image of the train, val and test splits must
+    exist (a cheap check now; unreadable files still fail when they are loaded)."""
+    if cfg.data.on_bad_image != "error":
+        return
+    for split in dict.fromkeys(("train", cfg.data.val_split, cfg.data.test_split)):
+        if split in dataset.splits:
+            check_images(dataset.split(split), "error", split)
 
 
 def _resume_checkpoint(cfg: DictConfig) -> Path | None:
@@ -225,6 +325,12 @@ def _resume_checkpoint(cfg: DictConfig) -> Path | None:
     resume = cfg.get("resume")
     if not resume:
         return None
+    if (Path(resume).expanduser() / "metrics.json").is_file() and not cfg.get("resume_finished"):
+        raise NothingToDo(
+            f"{resume} is finished (metrics.json); nothing to do. Evaluate it with tbps eval "
+            f"ckpt_path={Path(resume) / 'checkpoints' / 'best.ckpt'}, or re-test it with "
+            "resume_finished=true"
+        )
     ckpt = Path(resume).expanduser() / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise ConfigError(f"cannot resume {resume}: no checkpoints/last.ckpt in it")
@@ -283,7 +389,15 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> tuple[ModelCheckpoint, list]:
     last = ModelCheckpoint(
         dirpath=folder, filename="last", save_top_k=1, enable_version_counter=False
     )
-    callbacks = [checkpoint, last, LearningRateMonitor(logging_interval="step"), RNGState()]
+    callbacks = [
+        checkpoint,
+        last,
+        LearningRateMonitor(logging_interval="step"),
+        RNGState(),
+        WallClock(),
+    ]
+    if progress_bar_enabled(cfg):
+        callbacks.append(EpochProgressBar())
     stop = cfg.early_stopping
     if stop.enabled:
         callbacks.append(
@@ -420,6 +534,7 @@ def _run(
     )
 
     checkpoint, callbacks = _callbacks(cfg, run_dir)
+    clock = next(c for c in callbacks if isinstance(c, WallClock))
     agreement = RankAgreement(run_dir, files_digest(module.tokenizer_state["files"]))
     callbacks.append(agreement)
     loggers = _loggers(cfg, run_dir, resumed=resume is not None)
@@ -447,23 +562,39 @@ def _run(
     if resume is not None:
         check_compatible(module, resume)
     elif cfg.validate_before_training:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
+        _interruptible(trainer, trainer.validate, module, datamodule=datamodule, verbose=False)
         zero_shot = module.results.get("val")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    _interruptible(
+        trainer,
+        trainer.fit,
+        module,
+        datamodule=datamodule,
+        ckpt_path=str(resume) if resume else None,
+    )
 
     run_dir = agreement.run_dir  # rank 0's folder on every rank
     results: dict[str, Any] = {}
     with warnings.catch_warnings():
         # under DDP the padded repeats of the eval sampler are de-duplicated by dataset index
         warnings.filterwarnings("ignore", message=r".*During `trainer.test\(\)`, it is recommended")
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        module.test_label = "last"  # logged as test/last/t2i/R1 ...
+        _interruptible(trainer, trainer.test, module, datamodule=datamodule, verbose=False)
         results["last"] = module.results.get("test")
         best_path = checkpoint.best_model_path
         if best_path:
-            trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+            module.test_label = "best"
+            _interruptible(
+                trainer,
+                trainer.test,
+                module,
+                datamodule=datamodule,
+                ckpt_path=best_path,
+                verbose=False,
+            )
             results["best"] = module.results.get("test")
 
-    gallery, queries = datamodule.build_eval(cfg.data.test_split)
+    # chance over exactly what was scored (debug presets score a few batches of the split)
+    scored = module.embeddings.get("test")
     metrics = {
         "dataset": dataset.name,
         "data_root": dataset.root,
@@ -479,16 +610,18 @@ def _run(
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "zero_shot_val": zero_shot,
         "resumed_from": str(resume) if resume else None,
-        "chance": {
-            "t2i": chance_level([p for p, _ in queries.queries], [p for p, _ in gallery.gallery]),
-            "i2t": chance_level([p for p, _ in gallery.gallery], [p for p, _ in queries.queries]),
+        "chance": None
+        if scored is None
+        else {
+            "t2i": chance_level(scored["text_pids"], scored["image_pids"]),
+            "i2t": chance_level(scored["image_pids"], scored["text_pids"]),
         },
         "num_train_ids": datamodule.num_classes,
         "num_parameters": n_params,
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "world_size": trainer.world_size,
-        "wall_seconds": round(time.time() - start, 1),
+        "wall_seconds": round(clock.before + time.time() - start, 1),  # across resumes
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": torch.get_num_threads(),
     }
@@ -496,8 +629,10 @@ def _run(
         metrics["failure_report"] = _failure_report(cfg, module, datamodule, run_dir, loggers)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         rows = {f"test ({k})": v for k, v in results.items() if v}
-        rows["chance"] = metrics["chance"]
-        print(format_table(rows))
+        if metrics["chance"]:
+            rows["chance"] = metrics["chance"]
+        sys.stderr.flush()  # progress output first: the table stands on lines of its own
+        print("\n" + format_table(rows), flush=True)
         print(
             f"run folder: {run_dir}  ({metrics['wall_seconds']} s, peak RSS "
             f"{metrics['peak_rss_mib']} MiB)"
