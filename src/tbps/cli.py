@@ -70,6 +70,86 @@ def _setup_logging() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+DATA_VERBS = ("data synth", "data stats", "data check")
+
+
+def _verb_line(verb: str) -> str:
+    """The verb's lines of USAGE (its description and examples)."""
+    lines = USAGE.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {verb} "))
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if not line.startswith("                      "):
+            break
+        block.append(line)
+    return "\n".join(block)
+
+
+def _groups(config_name: str) -> list[tuple[str, str, list[str]]]:
+    """(group, default option, options) of a primary config's defaults list."""
+    from importlib import resources
+
+    import yaml
+
+    configs = resources.files("tbps.configs")
+    primary = yaml.safe_load(configs.joinpath(f"{config_name}.yaml").read_text()) or {}
+    groups = []
+    for entry in primary.get("defaults", []):
+        if isinstance(entry, dict):
+            ((group, default),) = entry.items()
+            folder = configs.joinpath(group)
+            options = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+            groups.append((group, "null" if default is None else str(default), options))
+    return groups
+
+
+def _primary_keys(config_name: str) -> list[str]:
+    """The primary config file's own keys with their comments (its defaults list left out)."""
+    from importlib import resources
+
+    text = resources.files("tbps.configs").joinpath(f"{config_name}.yaml").read_text()
+    lines, in_defaults = [], False
+    for line in text.splitlines():
+        if line.startswith("defaults:"):
+            in_defaults = True
+            continue
+        if in_defaults and (line.startswith((" ", "-")) or not line.strip()):
+            continue
+        in_defaults = False
+        if line.strip() and not (line.startswith("#") and not lines):  # skip the title comment
+            lines.append(line)
+    return lines
+
+
+def verb_help(verb: str) -> str:
+    """``tbps VERB --help``: what it does, its config groups and options, its keys with their
+    defaults (from the packaged config tree)."""
+    if verb == "data":
+        return (
+            "tbps data <synth|stats|check> [key=value ...]\n\n"
+            + "\n".join(_verb_line(v) for v in DATA_VERBS)
+            + "\n\ntbps data synth --help (stats, check) lists each one's keys"
+        )
+    config_name = VERBS[verb]
+    groups = _groups(config_name)
+    out = [
+        f"usage: tbps {verb} [group=option ...] [key=value ...] [--cfg job]",
+        "",
+        _verb_line(verb),
+    ]
+    if groups:
+        out += ["", "config groups (group=option; default first):"]
+        for group, default, options in groups:
+            others = [o for o in options if o != default]
+            out.append(f"  {group:<11} {default}" + (f"  | {', '.join(others)}" if others else ""))
+    group_names = {g for g, _, _ in groups}
+    out += ["", "keys and their defaults (key=value; ??? = required):"]
+    out += ["  " + line for line in _primary_keys(config_name)]
+    if group_names:
+        out += ["", f"the groups' own keys: tbps {verb} --cfg job [group=option]"]
+    return "\n".join(out)
+
+
 def _valid_keys_hint(config_name: str, overrides: Sequence[str], key: str) -> str:
     """``valid keys under 'x': a, b, c`` for an unknown override key (best effort)."""
     from hydra import compose, initialize_config_module
@@ -187,18 +267,23 @@ def _check_format(cfg) -> None:
 def _stats(cfg) -> None:
     import json
 
-    from tbps.data.stats import dataset_stats, format_stats_table
+    from tbps.data.stats import dataset_stats, format_stats_table, identity_overlap
 
     _check_format(cfg)
     dataset = _load_dataset(cfg)
     stats = dataset_stats(dataset)
+    overlap = identity_overlap(dataset)
     if cfg.format == "json":
+        for pair, shared in overlap.items():  # per split: ids shared with each other split
+            a, b = pair.split("&")
+            stats[a].setdefault("shared_ids", {})[b] = shared
+            stats[b].setdefault("shared_ids", {})[a] = shared
         print(json.dumps(stats, indent=2))
         return
     print(f"{dataset.name}: {dataset.root}")
     for note in dataset.notes:
         print(f"note: {note}")
-    print(format_stats_table(stats))
+    print(format_stats_table(stats, overlap))
 
 
 def _check(cfg) -> int:
@@ -281,8 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     verb = args.pop(0)
     if verb == "data":
-        sub = args.pop(0) if args else ""
-        verb = f"data {sub}"
+        if not args or args[0] in ("-h", "--help"):
+            print(verb_help("data"))
+            return 0
+        verb = f"data {args.pop(0)}"
     if verb not in VERBS:
         print(
             f"tbps: unknown command {verb!r}; valid: {', '.join(VERBS)}\n\n{USAGE}", file=sys.stderr
@@ -294,12 +381,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_cfg = args[i + 1] if i + 1 < len(args) else "job"
         del args[i : i + 2]
     if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
+        try:
+            print(verb_help(verb))
+        except TBPSError as e:
+            print(f"tbps {verb}: error: {e}", file=sys.stderr)
+            return 2
         return 0
     _setup_logging()
     try:
         cfg = _resumed_config(args) if verb == "train" else None
         cfg = cfg if cfg is not None else compose_config(VERBS[verb], args)
+        if verb == "eval":
+            from tbps.app.eval import with_training_data
+
+            cfg = with_training_data(cfg, args)
         if print_cfg is not None:
             from omegaconf import OmegaConf
 

@@ -77,17 +77,22 @@ def test_eval_of_the_exported_folder_equals_the_runs_own_test_metrics(
 
 
 def test_checkpoint_of_tbps_0_1_still_evaluates_and_exports(tmp_path, capsys):
-    ckpt = FIXTURE / "best.ckpt"
+    ckpt = FIXTURE / "checkpoints" / "best.ckpt"
     saved = torch.load(ckpt, weights_only=True)
     assert any(k.startswith("heads.tse.") for k in saved["state_dict"])  # the old layout
     assert "token_selection" not in saved["hyper_parameters"]["model_spec"]
     expected = json.loads((FIXTURE / "metrics.json").read_text())["test"]["best"]
-    synth = _synth_args(FIXTURE / "config.yaml")
-    _same_metrics(_eval(tmp_path, f"ckpt_path={ckpt}", synth, "ckpt"), expected)
+    # no data= given: the run's own data section (its config.yaml) is evaluated
+    _same_metrics(_eval(tmp_path, f"ckpt_path={ckpt}", [], "ckpt"), expected)
+    assert "synthetic test" in capsys.readouterr().out
     folder = tmp_path / "model"
     assert main(["export", f"ckpt_path={ckpt}", f"out={folder}"]) == 0
-    _same_metrics(_eval(tmp_path, f"model={folder}", synth, "folder"), expected)
+    _same_metrics(_eval(tmp_path, f"model={folder}", [], "folder"), expected)
+    assert TBPSModel.from_pretrained(folder).info["data"]["synth"]["num_identities"] == 40
     assert TBPSModel.from_pretrained(folder).token_selection is not None
+    # data= on the command line wins: another dataset is scored
+    other = _eval(tmp_path, f"model={folder}", ["data.synth.num_identities=60"], "other")
+    assert other["t2i"]["num_queries"] != expected["t2i"]["num_queries"]
 
 
 def test_onnx_export_matches_torch_with_any_batch_size(rde_run, tmp_path, capsys):
@@ -147,7 +152,7 @@ def test_hf_export_loads_in_transformers_and_starts_a_new_run(rde_run, tmp_path)
 
 
 def test_export_and_eval_refuse_bad_input_before_any_work(tmp_path, capsys):
-    ckpt = FIXTURE / "best.ckpt"
+    ckpt = FIXTURE / "checkpoints" / "best.ckpt"
     assert main(["export", f"ckpt_path={ckpt}", f"out={tmp_path / 'x'}", "format=tflite"]) == 2
     assert "format='tflite': expected one of tbps, hf, onnx" in capsys.readouterr().err
     (tmp_path / "full").mkdir()

@@ -250,7 +250,7 @@ def test_cli_rejects_bad_backbones_before_creating_a_run(folders, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TBPS_CACHE", str(tmp_path / "cache"))
     assert main(["train", "backbone=clip_tiny"]) == 2
-    assert "backbone.path is required for backbone.type=clip" in capsys.readouterr().err
+    assert "backbone=clip_tiny needs backbone.path=DIR" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["train", "backbone=siglip_tiny", f"backbone.path={empty}"]) == 2

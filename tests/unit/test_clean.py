@@ -58,7 +58,9 @@ def test_unfinished_run_score_is_read_from_its_checkpoint(tmp_path, capsys):
     import shutil
     from pathlib import Path
 
-    fixture = Path(__file__).parents[1] / "data" / "ckpt_v0_1_rde" / "best.ckpt"  # val R1 27.27
+    fixture = (
+        Path(__file__).parents[1] / "data" / "ckpt_v0_1_rde" / "checkpoints" / "best.ckpt"
+    )  # val R1 27.27
     run = tmp_path / "going"
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(fixture, run / "checkpoints" / "last.ckpt")

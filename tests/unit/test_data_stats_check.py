@@ -62,6 +62,7 @@ def test_check_counts_and_first_offenders(tmp_path):
         "duplicate_caption_same_image": 1,
         "duplicate_caption_other_person": 2,
         "non_text_characters": 1,
+        "identity_in_several_splits": 0,
         "duplicate_caption_same_person": 6,  # the fixture repeats captions per person
         "non_ascii_captions": 1,
     }
@@ -92,3 +93,18 @@ def test_non_text_characters():
     assert non_text_characters("Người mặc áo đỏ, 100% cotton!") == []
     assert non_text_characters("zero\u200bwidth \ufffd") == ["U+200B", "U+FFFD"]
     assert non_text_characters("cafÃ© latte") == ["Ã©"]
+
+
+def test_identity_leakage_between_splits_is_a_problem(tmp_path, capsys):
+    write_family_fixture(tmp_path, "rstpreid", {"train": [1, 2, 3], "val": [5], "test": [3, 6]})
+    args = ["data=rstpreid", f"data.root={tmp_path}"]
+    assert main(["data", "check", *args]) == 1
+    out = capsys.readouterr().out
+    assert "identity_in_several_splits" in out and "problems found" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("id "))
+    assert "train 2 images" in line and "test 2 images" in line  # the ids and their counts
+    assert main(["data", "stats", *args]) == 0
+    assert "ids in more than one split: train&test 1" in capsys.readouterr().out
+    assert main(["data", "stats", *args, "format=json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["train"]["shared_ids"] == {"test": 1} and "shared_ids" not in stats["val"]

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tbps.app.models import load_model, model_source
+from tbps.app.models import load_model, model_info, model_source
 from tbps.data.images import check_images
 from tbps.data.sources import load_dataset_section
 from tbps.evaluation.encode import check_precision, resolve_device
@@ -18,6 +19,37 @@ from tbps.evaluation.retrieval import format_table
 from tbps.evaluation.split import evaluate_split
 
 log = logging.getLogger(__name__)
+
+
+def with_training_data(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """Without ``data=NAME`` on the command line, evaluate on the data the model was trained on
+    (the run's data section: root, format, options, synthetic settings), with the command
+    line's ``data.key=value`` overrides applied on top."""
+    if any(o.split("=", 1)[0].lstrip("+~") == "data" for o in overrides):
+        return cfg
+    data = model_info(cfg).get("data")
+    if not data:
+        log.warning(
+            "the model records no training data: evaluating on data=%s (pass data=NAME "
+            "data.root=DIR to choose)",
+            cfg.data.name,
+        )
+        return cfg
+    with open_dict(cfg):
+        cfg.data = OmegaConf.create(data)
+        for override in overrides:
+            key, _, value = override.lstrip("+").partition("=")
+            if key.startswith("data."):
+                OmegaConf.update(cfg, key, yaml.safe_load(value), merge=True)
+    log.info("evaluating on the model's own training data: data=%s", cfg.data.name)
+    return cfg
+
+
+def split_label(dataset_name: str, split: str) -> str:
+    """``cuhk_pedes test``; VN3K names its caption language: ``vn3k_vi test (captions: vi)``."""
+    label = f"{dataset_name} {split}"
+    language = {"vn3k_en": "en", "vn3k_vi": "vi", "vn3k_mixed": "en+vi"}.get(dataset_name)
+    return f"{label} (captions: {language})" if language else label
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
@@ -40,7 +72,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         precision=str(cfg.precision),
         progress=progress,
     )
-    table = {f"{dataset.name} {cfg.split}": evaluation.results, "chance": evaluation.chance}
+    table = {split_label(dataset.name, cfg.split): evaluation.results, "chance": evaluation.chance}
     print(format_table(table))
     out = {
         source[0]: source[1],

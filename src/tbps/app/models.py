@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 from tbps.errors import ConfigError
 from tbps.model.tbps import TBPSModel
 
@@ -26,3 +30,18 @@ def load_model(cfg) -> TBPSModel:
     from tbps.model.checkpoint import model_from_checkpoint
 
     return model_from_checkpoint(path)
+
+
+def model_info(cfg) -> dict[str, Any]:
+    """The provenance a model records (``info`` of its folder's config.json, or the run folder
+    of a checkpoint), read without loading any weights; {} when there is none."""
+    key, path = model_source(cfg)
+    if key == "ckpt_path":
+        from tbps.model.checkpoint import checkpoint_info
+
+        return checkpoint_info(Path(path))
+    config = Path(path).expanduser() / "config.json"
+    try:
+        return dict(json.loads(config.read_text()).get("info") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}  # loading the folder reports what is wrong with it

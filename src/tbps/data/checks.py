@@ -23,6 +23,7 @@ PROBLEMS: dict[str, str] = {
     "duplicate_caption_same_image": "caption repeated on the same image",
     "duplicate_caption_other_person": "caption also used for an image of another person",
     "non_text_characters": "control characters, U+FFFD, literal \\u escapes or mojibake",
+    "identity_in_several_splits": "person id in more than one split (identity leakage)",
 }
 #: informational kind -> what it means (reported, never a failure)
 NOTICES: dict[str, str] = {
@@ -101,6 +102,15 @@ class CheckReport:
         return "\n".join(lines)
 
 
+def shared_identities(dataset: DatasetSplits) -> dict[int, dict[str, int]]:
+    """Person ids found in more than one split: ``{pid: {split: images}}``, by pid."""
+    per_pid: dict[int, dict[str, int]] = defaultdict(dict)
+    for split, images in dataset.splits.items():
+        for img in images:
+            per_pid[img.pid][split] = per_pid[img.pid].get(split, 0) + 1
+    return {pid: c for pid, c in sorted(per_pid.items()) if len(c) > 1}
+
+
 def _caption_key(caption: str) -> str:
     return caption.casefold().rstrip(" .!,;")
 
@@ -155,6 +165,9 @@ def check_dataset(
                         )
                 else:
                     first_use[key] = (img.pid, img.image_path, split)
+    for pid, counts in shared_identities(dataset).items():
+        where = ", ".join(f"{split} {n} image{'s' * (n != 1)}" for split, n in counts.items())
+        report.add("identity_in_several_splits", f"id {pid}: {where}")
     if check_images:
         from tqdm import tqdm
 

@@ -32,8 +32,23 @@ def dataset_stats(dataset: DatasetSplits) -> dict[str, dict[str, Any]]:
     return {name: split_stats(images) for name, images in dataset.splits.items()}
 
 
-def format_stats_table(stats: dict[str, dict[str, Any]]) -> str:
-    """A fixed-width table, one row per split."""
+def identity_overlap(dataset: DatasetSplits) -> dict[str, int]:
+    """Person ids shared by each pair of splits: ``{"train&test": 3}`` (pairs with any)."""
+    ids = {name: {img.pid for img in images} for name, images in dataset.splits.items()}
+    names = list(ids)
+    overlap = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            shared = len(ids[a] & ids[b])
+            if shared:
+                overlap[f"{a}&{b}"] = shared
+    return overlap
+
+
+def format_stats_table(
+    stats: dict[str, dict[str, Any]], overlap: dict[str, int] | None = None
+) -> str:
+    """A fixed-width table, one row per split; then the ids shared between splits."""
     header = (
         f"{'split':<10} {'ids':>7} {'images':>8} {'captions':>9} "
         f"{'captions/image':>18} {'words/caption':>18}"
@@ -48,4 +63,7 @@ def format_stats_table(stats: dict[str, dict[str, Any]]) -> str:
             f"{per_image:>18} {length:>18}"
         )
     rows.append("(mean (min-max); words are whitespace-separated)")
+    if overlap is not None:
+        shared = ", ".join(f"{pair} {n:,}" for pair, n in overlap.items())
+        rows.append(f"ids in more than one split: {shared or 'none'}")
     return "\n".join(rows)

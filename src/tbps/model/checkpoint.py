@@ -102,4 +102,23 @@ def model_from_checkpoint(path: str | os.PathLike) -> TBPSModel:
         if k.startswith("model.")
     }
     load_model_state(model, state, str(path))
+    model.info = checkpoint_info(Path(path))
     return model.eval()
+
+
+def checkpoint_info(path: Path) -> dict[str, Any]:
+    """Provenance of a checkpoint: its run folder and, from the run's ``config.yaml``, the
+    data section it was trained on (what ``tbps eval`` defaults to)."""
+    run_dir = path.expanduser().absolute().parents[1]
+    info: dict[str, Any] = {"checkpoint": str(path), "run_dir": str(run_dir)}
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        try:
+            data = (yaml.safe_load(config.read_text()) or {}).get("data")
+        except yaml.YAMLError:
+            data = None
+        if isinstance(data, dict):
+            info["data"] = data
+    return info

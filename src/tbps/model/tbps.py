@@ -126,6 +126,8 @@ class TBPSModel(nn.Module):
         if token_selection:
             self.add_token_selection(token_selection["ratio"], token_selection.get("dim"))
         self.tokenizer = tokenizer
+        #: free-form provenance saved in config.json (e.g. ``data``: the training data section)
+        self.info: dict[str, Any] = {}
 
     def add_token_selection(self, ratio: float, dim: int | None = None) -> TokenSelectionHead:
         """Give the model RDE's token-selection head (``dim`` None: the embedding width)."""
@@ -341,6 +343,7 @@ class TBPSModel(nn.Module):
             "text_length": self.text_length,
             "embed_dim": self.retrieval_dim,
             "logit_scale": float(self.logit_scale().detach()),
+            "info": self.info,
             "tokenizer": None
             if tok is None
             else {
@@ -396,6 +399,7 @@ class TBPSModel(nn.Module):
         except (OSError, SafetensorError) as e:
             raise DataError(f"cannot read weights {weights}: {e}") from e
         load_model_state(model, state, str(weights))
+        model.info = dict(spec.get("info") or {})
         if device is not None:
             model.to(device)
         return model.eval()
