@@ -115,6 +115,8 @@ def test_bf16_mixed_precision_with_clipping_and_accumulation_trains_on_cpu(tmp_p
 def test_wandb_offline_logs_without_an_account(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # artifact staging
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     run_training(
         compose_config(
             "train",
@@ -130,6 +132,14 @@ def test_wandb_offline_logs_without_an_account(tmp_path, monkeypatch):
     )
     offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert offline and list(offline[0].glob("*.wandb"))
+    # the failing queries' images are real files in the offline run folder
+    images = list((offline[0] / "files" / "media" / "images").rglob("*.jpg"))
+    assert len(images) >= 1 and all(p.stat().st_size > 100 for p in images)
+    # and the table goes out as an artifact that carries its images (not the string "Image")
+    staged = [p.read_bytes() for p in (tmp_path / "wandb-data").rglob("*") if p.is_file()]
+    assert any(b.startswith(b"\xff\xd8") for b in staged)
+    tables = [b for b in staged if b.startswith(b'{"_type": "table"')]
+    assert tables and all(b'"Image"]' not in t for t in tables)
 
 
 def test_device_and_precision_requests_are_checked_first(tmp_path, monkeypatch, capsys):

@@ -11,6 +11,7 @@ import yaml
 
 import tbps.configs
 from fixtures import write_cuhk_fixture, write_family_fixture
+from tbps.app.schema import validate_config
 from tbps.cli import compose_config, main
 from tbps.errors import ConfigError
 from tbps.training.run import run_training
@@ -153,6 +154,7 @@ def test_experiment_composes_with_the_recipe_values(name):
         assert got == (pytest.approx(value) if isinstance(value, float) else value), key
     enabled = {k for k, v in cfg.objectives.items() if v.get("enabled", True)}
     assert not enabled & set(RECIPE_OFF[recipe])
+    validate_config("train", cfg)  # every recipe value passes the typed schema
     # the experiment's command line stands in its header and on its recipe page
     header = (EXPERIMENT_DIR / f"{name}.yaml").read_text()
     assert f"tbps train experiment={name}" in header

@@ -40,7 +40,7 @@ def test_no_failures_on_a_perfect_ranking():
     assert find_failures(torch.eye(4), [0, 1, 2, 3], [0, 1, 2, 3]) == []
 
 
-def test_html_report_embeds_images_and_escapes_text(tmp_path):
+def test_html_report_links_readable_thumbnails_and_escapes_text(tmp_path):
     paths = []
     for i in range(3):
         path = tmp_path / f"{i}.jpg"
@@ -48,9 +48,18 @@ def test_html_report_embeds_images_and_escapes_text(tmp_path):
         paths.append(str(path))
     sim = torch.tensor([[0.1, 0.9, 0.5]])
     cases = find_failures(sim, [7], [7, 8, 9])
+    metrics = {"t2i": {"R1": 12.5, "R5": 50, "R10": 75, "mAP": 20, "mINP": 10, "num_queries": 8}}
     out = write_failure_report(
-        cases, ["a <red> shirt"], paths, tmp_path / "report" / "failures.html"
+        cases, ["a <red> shirt"], paths, tmp_path / "report" / "failures.html", metrics=metrics
     )
     page = out.read_text()
-    assert page.count("data:image/jpeg;base64,") == 4  # top-3 + the true image
+    assert "base64" not in page and len(page) < 5000  # images are files next to the page
+    thumbs = sorted((tmp_path / "report" / "failures_files").iterdir())
+    assert len(thumbs) == 3  # the true image is also in the top-3: one file each
+    from PIL import Image
+
+    assert Image.open(thumbs[0]).height == 192
+    assert page.count('<img src="failures_files/g') == 4  # top-3 + the true image
+    assert page.count(f'href="{(tmp_path / "0.jpg").as_uri()}"') == 2  # linked to the original
+    assert ">0.jpg</div>" in page and "12.50" in page  # file names, metrics summary
     assert "a &lt;red&gt; shirt" in page and "true: rank 3" in page

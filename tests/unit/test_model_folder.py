@@ -153,3 +153,17 @@ def test_tokenize_without_tokenizer_says_how(tokenizer):
     model.tokenizer = None
     with pytest.raises(Exception, match="has no tokenizer"):
         model.tokenize(["a man"])
+
+
+def test_captions_in_an_unseen_language_are_flagged(tokenizer, caplog):
+    from tbps.data.records import ImageRecord
+    from tbps.evaluation.split import split_loaders, unknown_token_share
+
+    model = tiny_model(tokenizer, tse=False)
+    assert unknown_token_share(model, CAPTIONS[:4]) == 0.0
+    vietnamese = ["người phụ nữ mặc áo khoác đỏ", "người đàn ông đeo ba lô đen"]
+    assert unknown_token_share(model, vietnamese) > 0.3
+    records = [ImageRecord(pid=0, image_path="x.jpg", captions=tuple(vietnamese))]
+    with caplog.at_level("WARNING"):
+        split_loaders(model, records)
+    assert "of the caption tokens are unknown to the model's tokenizer" in caplog.text

@@ -15,8 +15,9 @@ from tbps.app.models import load_model, model_info, model_source
 from tbps.data.images import check_images
 from tbps.data.sources import load_dataset_section
 from tbps.evaluation.encode import check_precision, resolve_device
+from tbps.evaluation.failures import find_failures, write_failure_report
 from tbps.evaluation.retrieval import format_table
-from tbps.evaluation.split import evaluate_split
+from tbps.evaluation.split import SplitEvaluation, evaluate_split
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,30 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         "precision": str(cfg.precision),
         **evaluation.results,
     }
+    if cfg.report.failures:
+        out["failure_report"] = str(
+            write_report(cfg, evaluation, split_label(dataset.name, cfg.split))
+        )
     if cfg.out:
         Path(cfg.out).write_text(json.dumps(out, indent=2))
         log.info("metrics written to %s", cfg.out)
     return out
+
+
+def write_report(cfg: DictConfig, evaluation: SplitEvaluation, label: str) -> Path:
+    """The failure report of an evaluation (e.g. a cross-domain check) at ``report.path``."""
+    emb = evaluation.embeddings
+    similarity = (emb.texts @ emb.images.t()).cpu()
+    cases = find_failures(
+        similarity, emb.text_pids.cpu(), emb.image_pids.cpu(), k=10, limit=cfg.report.failures
+    )
+    path = write_failure_report(
+        cases,
+        [c for _, c in evaluation.queries],
+        [p for _, p in evaluation.gallery],
+        Path(cfg.report.path).expanduser(),
+        title=f"{label}: failures",
+        metrics=evaluation.results,
+    )
+    print(f"failure report: {path} ({len(cases)} queries)")
+    return path

@@ -200,6 +200,8 @@ def _eval_rules() -> dict[str, Rule]:
         **LOADER,
         "split": TEXT,
         "device": TEXT,
+        "report.failures": NON_NEGATIVE_INT,
+        "report.path": TEXT,
         "precision": Rule(
             lambda v: str(v) in ("32", "fp32", "bf16", "fp16", "16"), "one of 32, bf16, fp16"
         ),

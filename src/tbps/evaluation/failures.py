@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import logging
 import os
 from collections.abc import Sequence
@@ -12,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from tbps.data.images import load_image
 from tbps.errors import DataError
@@ -82,23 +81,43 @@ def find_failures(
     return cases
 
 
-def _thumbnail(path: str, height: int) -> str:
-    """A small JPEG of the image as a data URI (the page stays self-contained)."""
+THUMB_HEIGHT = 192
+
+
+def _thumbnail(path: str, out: Path, height: int) -> bool:
+    """Write a JPEG thumbnail of ``path`` (``height`` px high) to ``out``; False if unreadable."""
+    if out.is_file():
+        return True
     try:
         img = load_image(path)
     except DataError as e:
         log.warning("failure report: %s", e)
-        return ""
+        return False
     width = max(1, round(img.width * height / img.height))
-    buf = io.BytesIO()
-    img.resize((width, height)).save(buf, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    img.resize((width, height), Image.Resampling.BICUBIC).save(out, format="JPEG", quality=85)
+    return True
 
 
-_STYLE = """body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}
-td{padding:4px;vertical-align:top;text-align:center;font-size:12px}
-tr{border-bottom:1px solid #ccc}.q{text-align:left;max-width:28em;font-size:14px}
-.ok img{outline:3px solid #2a2}.bad img{outline:3px solid #c22}.true img{outline:3px solid #22c}"""
+_STYLE = """body{font-family:sans-serif;margin:1em;color:#222}table{border-collapse:collapse}
+td{padding:6px;vertical-align:top;text-align:center;font-size:12px}
+tr{border-bottom:1px solid #ccc}.q{text-align:left;max-width:26em;font-size:14px}
+.name{max-width:9em;overflow-wrap:anywhere;color:#555}img{display:block;margin:0 auto 7px}
+.ok img{outline:4px solid #2a2}.bad img{outline:4px solid #c22}.true img{outline:4px solid #22c}
+.summary td,.summary th{padding:2px 10px;text-align:right}.summary{margin-bottom:1em}"""
+
+
+def _summary_table(metrics: dict[str, dict[str, float | int]]) -> str:
+    cols = ("R1", "R5", "R10", "mAP", "mINP", "num_queries")
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    rows = "".join(
+        f"<tr><th>{html.escape(task)}</th>"
+        + "".join(
+            f"<td>{m[c]:.2f}</td>" if c != "num_queries" else f"<td>{int(m[c])}</td>" for c in cols
+        )
+        + "</tr>"
+        for task, m in metrics.items()
+    )
+    return f'<table class="summary"><tr><th></th>{head}</tr>{rows}</table>'
 
 
 def write_failure_report(
@@ -107,39 +126,55 @@ def write_failure_report(
     gallery_paths: Sequence[str],
     out_path: str | os.PathLike,
     title: str = "tbps failure report",
-    thumb_height: int = 96,
+    thumb_height: int = THUMB_HEIGHT,
+    metrics: dict[str, dict[str, float | int]] | None = None,
 ) -> Path:
-    """An HTML page: per failing query, its text, the top-K images (pid, score) and the first
-    true image with its rank. Images are embedded as thumbnails."""
+    """An HTML page: per failing query, its text, the top-K images (pid, score, file name) and
+    the first true image with its rank; ``metrics`` (``{"t2i": ..., "i2t": ...}``) on top.
+
+    Thumbnails are JPEG files in ``<page name>_files/`` next to the page (the page stays
+    small); each links to its full-size original.
+    """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    files = out_path.with_name(f"{out_path.stem}_files")
+    files.mkdir(exist_ok=True)
+
+    def cell(g: int, kind: str, text: str) -> str:
+        source = gallery_paths[g]
+        thumb = files / f"g{g:06d}.jpg"
+        name = html.escape(Path(source).name)
+        link = html.escape(Path(source).absolute().as_uri())
+        image = (
+            f'<a href="{link}"><img src="{html.escape(files.name)}/{thumb.name}" '
+            f'height="{thumb_height}" title="{html.escape(source)}" alt="{name}"></a>'
+            if _thumbnail(source, thumb, thumb_height)
+            else "(unreadable)"
+        )
+        return f'<td class="{kind}">{image}{text}<div class="name">{name}</div></td>'
+
     rows = []
     for case in cases:
-        cells = []
-        for rank, (g, pid, score) in enumerate(
-            zip(case.top_indices, case.top_pids, case.top_scores), start=1
-        ):
-            kind = "ok" if pid == case.query_pid else "bad"
-            cells.append(
-                f'<td class="{kind}"><img src="{_thumbnail(gallery_paths[g], thumb_height)}" '
-                f'title="{html.escape(gallery_paths[g])}"><br>#{rank} pid {pid}<br>{score:.3f}</td>'
+        cells = [
+            cell(g, "ok" if pid == case.query_pid else "bad", f"#{rank} pid {pid}<br>{score:.3f}")
+            for rank, (g, pid, score) in enumerate(
+                zip(case.top_indices, case.top_pids, case.top_scores), start=1
             )
-        cells.append(
-            f'<td class="true"><img src="{_thumbnail(gallery_paths[case.first_true_index], thumb_height)}"'
-            f' title="{html.escape(gallery_paths[case.first_true_index])}"><br>true: rank '
-            f"{case.first_true_rank}</td>"
-        )
+        ]
+        cells.append(cell(case.first_true_index, "true", f"true: rank {case.first_true_rank}"))
         query = html.escape(captions[case.query_index])
         rows.append(
             f'<tr><td class="q">query {case.query_index} (pid {case.query_pid})<br><b>{query}</b></td>'
             + "".join(cells)
             + "</tr>"
         )
+    summary = _summary_table(metrics) if metrics else ""
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{summary}"
         f"<p>{len(cases)} text queries whose top-1 image is of another person, hardest first "
-        "(green: right person, red: wrong person, blue: best-ranked true image).</p>"
+        "(green: right person, red: wrong person, blue: best-ranked true image; click an image "
+        "for the original).</p>"
         f"<table>{''.join(rows)}</table></body></html>"
     )
     out_path.write_text(page, encoding="utf-8")
@@ -172,3 +207,34 @@ def wandb_failure_table(
             *top,
         )
     return table
+
+
+def log_wandb_failures(
+    experiment,
+    cases: Sequence[FailureCase],
+    captions: Sequence[str],
+    gallery_paths: Sequence[str],
+    key: str = "test/failures",
+) -> None:
+    """Log the failure cases to a W&B run: the table (:func:`wandb_failure_table`) as an
+    artifact, and each failing query's wrong top-1 image as run media (``<key>_top1``).
+
+    wandb (0.31) writes a table logged with ``run.log`` as JSON whose image cells are the
+    string "Image" (the files are dropped); inside an artifact the images are kept. The run
+    media puts the image files in the run folder itself, offline too.
+    """
+    import wandb
+
+    artifact = wandb.Artifact(f"{experiment.id}-{key.replace('/', '-')}", type="failures")
+    artifact.add(wandb_failure_table(cases, captions, gallery_paths), "failures")
+    experiment.log_artifact(artifact)
+    images = [
+        wandb.Image(
+            gallery_paths[case.top_indices[0]],
+            caption=f"query {case.query_index} (pid {case.query_pid}): {captions[case.query_index][:120]}"
+            f" -> top-1 pid {case.top_pids[0]}, true image at rank {case.first_true_rank}",
+        )
+        for case in cases
+    ]
+    if images:
+        experiment.log({f"{key}_top1": images})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -14,6 +15,8 @@ from tbps.evaluation.encode import SplitEmbeddings, encode_split
 from tbps.evaluation.metrics import chance_level
 from tbps.evaluation.retrieval import evaluate_embeddings
 from tbps.model.tbps import TBPSModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +31,23 @@ class SplitEvaluation:
     queries: list[tuple[int, str]] = field(repr=False)
 
 
+#: above this share of unknown tokens the captions are likely in a language the tokenizer
+#: never saw (e.g. a scratch model trained on English evaluated on Vietnamese)
+UNKNOWN_TOKEN_WARNING = 0.05
+
+
+def unknown_token_share(model: TBPSModel, captions: Sequence[str]) -> float:
+    """Share of the captions' real tokens that the model's tokenizer maps to its unknown
+    token (0.0 for tokenizers without one, e.g. byte-level BPE)."""
+    tokenizer = model.tokenizer
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not captions:
+        return 0.0
+    ids = tokenizer(list(captions), add_special_tokens=False)["input_ids"]
+    total = sum(len(x) for x in ids)
+    return sum(x.count(unk) for x in ids) / total if total else 0.0
+
+
 def split_loaders(
     model: TBPSModel,
     images: Sequence[ImageRecord],
@@ -40,6 +60,13 @@ def split_loaders(
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer; it cannot encode captions")
     gallery, queries = gallery_and_queries(list(images))
+    share = unknown_token_share(model, [c for _, c in queries])
+    if share > UNKNOWN_TOKEN_WARNING:
+        log.warning(
+            "%.1f%% of the caption tokens are unknown to the model's tokenizer: are the captions "
+            "in a language it was not trained on?",
+            100 * share,
+        )
     collate = Collator(model.tokenizer, model.text_length)
     loaders = [
         DataLoader(

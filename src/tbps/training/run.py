@@ -33,7 +33,7 @@ from tbps.data.tokenization import train_caption_tokenizer
 from tbps.data.transforms import preset_interpolation
 from tbps.data.views import DataViews, required_views
 from tbps.errors import ConfigError, NothingToDo
-from tbps.evaluation.failures import find_failures, wandb_failure_table, write_failure_report
+from tbps.evaluation.failures import find_failures, log_wandb_failures, write_failure_report
 from tbps.evaluation.metrics import chance_level
 from tbps.evaluation.retrieval import format_table
 from tbps.losses import resolve_objectives, tse_settings
@@ -451,11 +451,16 @@ def _failure_report(
     captions = [c for _, c in queries.queries]
     paths = [p for _, p in gallery.gallery]
     out = write_failure_report(
-        cases, captions, paths, run_dir / "failures.html", title=f"{cfg.name}: test failures"
+        cases,
+        captions,
+        paths,
+        run_dir / "failures.html",
+        title=f"{cfg.name}: test failures",
+        metrics=module.results.get("test"),
     )
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
-            logger.experiment.log({"test/failures": wandb_failure_table(cases, captions, paths)})
+            log_wandb_failures(logger.experiment, cases, captions, paths)
     log.info("failure report: %s (%d queries)", out, len(cases))
     return str(out)
 
