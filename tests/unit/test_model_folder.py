@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from test_model import tiny_spec
 
 from tbps.data.datasets import Collator
 from tbps.data.tokenization import train_caption_tokenizer
 from tbps.data.transforms import build_image_transforms
 from tbps.errors import DataError
-from tbps.model.factory import scratch_model_spec
 from tbps.model.tbps import TBPSModel
 from tbps.model.token_selection import fused_embedding
 
@@ -30,14 +30,7 @@ def tokenizer():
 
 def tiny_model(tokenizer, tse=True, interpolation="bicubic") -> TBPSModel:
     torch.manual_seed(0)
-    spec = scratch_model_spec(
-        tokenizer,
-        (64, 32),
-        patch_size=16,
-        vision={"width": 32, "layers": 1, "heads": 2},
-        text={"width": 32, "layers": 1, "heads": 2, "length": 16},
-        embed_dim=24,
-    )
+    spec = tiny_spec(tokenizer, (64, 32))  # the scratch CLIP of test_model.py
     spec["interpolation"] = interpolation
     spec["token_selection"] = {"ratio": 0.5, "dim": 8} if tse else None
     return TBPSModel.from_spec(spec, tokenizer=tokenizer).eval()

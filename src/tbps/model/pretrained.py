@@ -139,9 +139,16 @@ def load_weights(model: Backbone, folder: Path) -> None:
     for path in files:
         state.update(read_state_dict(path))
     source = files[0] if len(files) == 1 else files[0].parent
+    buffers = {name for name, _ in model.named_buffers()} - set(model.state_dict())
+    load_state_strictly(model, {k: v for k, v in state.items() if k not in buffers}, str(source))
+
+
+def load_state_strictly(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str
+) -> None:
+    """Load ``state`` into ``model``: every key and shape must fit, else one DataError naming
+    ``source`` and the first key or shape that does not (weights of another architecture)."""
     expected = model.state_dict()
-    buffers = {name for name, _ in model.named_buffers()} - set(expected)
-    state = {k: v for k, v in state.items() if k not in buffers}
     for key, value in state.items():
         if key in expected and tuple(value.shape) != tuple(expected[key].shape):
             raise DataError(
@@ -156,10 +163,7 @@ def load_weights(model: Backbone, folder: Path) -> None:
             parts.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
-        raise DataError(
-            f"{source}: weights do not match the {type(model).__name__} of config.json: "
-            f"{', '.join(parts)}"
-        )
+        raise DataError(f"{source}: weights do not fit the model config: {', '.join(parts)}")
     model.load_state_dict(state, strict=True)
 
 

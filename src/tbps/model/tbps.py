@@ -35,6 +35,7 @@ from tbps.model.finetune import (
     merge_lora,
     unwrap,
 )
+from tbps.model.pretrained import load_state_strictly
 from tbps.model.token_selection import TokenSelectionHead, fused_embedding
 
 log = logging.getLogger(__name__)
@@ -398,7 +399,7 @@ class TBPSModel(nn.Module):
             state = load_file(str(weights))
         except (OSError, SafetensorError) as e:
             raise DataError(f"cannot read weights {weights}: {e}") from e
-        load_model_state(model, state, str(weights))
+        load_state_strictly(model, state, str(weights))
         model.info = dict(spec.get("info") or {})
         if device is not None:
             model.to(device)
@@ -445,25 +446,3 @@ def _load_folder_tokenizer(directory: Path) -> PreTrainedTokenizerBase | None:
         return AutoTokenizer.from_pretrained(str(directory))
     except Exception as e:  # noqa: BLE001 - transformers raises many types for bad folders
         raise DataError(f"cannot load the tokenizer in {directory}: {e}") from e
-
-
-def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` strictly, with one clear error naming the first key or shape that does
-    not fit (weights of another architecture)."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
-        raise DataError(f"{source}: weights do not fit the model config: {', '.join(parts)}")
-    for key, value in expected.items():
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise DataError(
-                f"{source}: weight {key!r} has shape {tuple(state[key].shape)} but the config "
-                f"expects {tuple(value.shape)}; the weights do not fit the config"
-            )
-    model.load_state_dict(state, strict=True)
