@@ -71,6 +71,16 @@ def test_check_counts_and_first_offenders(tmp_path):
     assert "U+0007" in report.examples["non_text_characters"][0]
     assert "\\u00e9" in report.examples["non_text_characters"][0]
     assert "record 2 captions[0] is an empty caption" in report.examples["empty_caption"][0]
+    # every kind names where the annotation file lists the image
+    assert "reid_raw.json record 0" in report.examples["missing_image"][0]
+    assert "reid_raw.json record 1" in report.examples["unreadable_image"][0]
+    assert "reid_raw.json record 4" in report.examples["non_text_characters"][0]
+    assert "reid_raw.json record 3" in report.examples["duplicate_caption_same_image"][0]
+    duplicate = report.examples["duplicate_image_entry"][0]
+    assert (
+        "reid_raw.json record 12" in duplicate
+        and "(also in train (reid_raw.json record 7))" in duplicate
+    )
 
 
 def test_check_cli_exit_codes(tmp_path, capsys):

@@ -127,17 +127,18 @@ def check_dataset(
     report = CheckReport(max_examples=max_examples)
     for kind, message in dataset.skipped:
         report.add(kind, message)
-    seen_paths: dict[str, str] = {}
+    seen_paths: dict[str, str] = {}  # image path -> "split (annotation source)"
     first_use: dict[str, tuple[int, str, str]] = {}  # caption key -> (pid, image path, split)
     for split, images in dataset.splits.items():
         for img in images:
-            where = f"{split} id {img.pid} {img.image_path}"
+            listed = f" ({img.source})" if img.source else ""
+            where = f"{split} id {img.pid} {img.image_path}{listed}"
             if img.image_path in seen_paths:
                 report.add(
                     "duplicate_image_entry", f"{where} (also in {seen_paths[img.image_path]})"
                 )
             else:
-                seen_paths[img.image_path] = split
+                seen_paths[img.image_path] = f"{split}{listed}"
             keys_here: set[str] = set()
             for caption in img.captions:
                 bad = non_text_characters(caption)
@@ -176,5 +177,5 @@ def check_dataset(
         ):
             problem = image_problem(path, decode)
             if problem:
-                report.add(problem, f"{seen_paths[path]} {path}")
+                report.add(problem, f"{path} ({seen_paths[path]})")
     return report

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One annotated image: raw person id, absolute image path, its captions."""
+    """One annotated image: raw person id, absolute image path, its captions, and where the
+    annotation file lists it (``reid_raw.json record 12``, ``labels.csv line 7``) for messages."""
 
     pid: int
     image_path: str
     captions: tuple[str, ...]
+    source: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

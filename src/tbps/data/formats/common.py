@@ -159,7 +159,8 @@ def parse_record_list(
                 ("no_caption", f"{annotation}: record {i} ({rel_path}) has no usable caption")
             )
             continue
-        splits[split].append(ImageRecord(pid, join(root, rel_path), captions))
+        source = f"{Path(annotation).name} record {i}"
+        splits[split].append(ImageRecord(pid, join(root, rel_path), captions, source))
     return splits, skipped or []
 
 

@@ -182,7 +182,9 @@ def parse_generic(
             assert skipped is not None
             skipped.append(("no_caption", f"{path}: {where} ({image_path}) has no usable caption"))
             continue
-        splits[split].append(ImageRecord(pid, image_path, tuple(captions)))
+        splits[split].append(
+            ImageRecord(pid, image_path, tuple(captions), f"{Path(path).name} {where}")
+        )
     splits = {s: v for s, v in splits.items() if v or s == "train"}
     return parsed_dataset("custom", folder, path, splits, skipped or [], log)
 
