@@ -204,7 +204,7 @@ def _check_required(cfg, keys: Sequence[str], example: str) -> None:
 
 
 def _train(cfg) -> None:
-    from tbps.training.run import run_training
+    from tbps.app.train import run_training
 
     run_training(cfg)
 
@@ -350,7 +350,7 @@ def _resumed_config(args: Sequence[str]):
     resume = [a for a in args if a.startswith("resume=")]
     if not resume or resume[-1] == "resume=null":
         return None
-    from tbps.training.resume import resume_config
+    from tbps.app.resume import resume_config
 
     others = [a for a in args if not a.startswith("resume=")]
     return resume_config(resume[-1].partition("=")[2], others)

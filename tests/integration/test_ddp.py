@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from fixtures import write_cuhk_fixture
 from ranks import run_gloo_ranks
+from tbps.app.train import run_training
 from tbps.cli import compose_config
 from tbps.data.datamodule import TBPSDataModule
 from tbps.data.formats import parse_dataset
@@ -26,7 +27,6 @@ from tbps.data.synthetic import SYNTH_MARKER, SynthConfig, generate_synthetic_da
 from tbps.data.tokenization import train_caption_tokenizer
 from tbps.errors import ConfigError, DataError
 from tbps.training.distributed import RankAgreement, launched_rank_zero
-from tbps.training.run import run_training
 
 GLOO = dist.is_available() and dist.is_gloo_available()
 needs_gloo = pytest.mark.skipif(not GLOO, reason="torch.distributed with the gloo backend")

@@ -10,9 +10,9 @@ import shutil
 import pytest
 import torch
 
+from tbps.app.train import run_training
 from tbps.cli import compose_config, main
 from tbps.training.checkpoint import AtomicCheckpointIO
-from tbps.training.run import run_training
 
 
 def tiny(tmp_path, name, *extra):

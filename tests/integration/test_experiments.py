@@ -12,9 +12,9 @@ import yaml
 import tbps.configs
 from fixtures import write_cuhk_fixture, write_family_fixture
 from tbps.app.schema import validate_config
+from tbps.app.train import run_training
 from tbps.cli import compose_config, main
 from tbps.errors import ConfigError
-from tbps.training.run import run_training
 from tiny_backbones import write_tiny_clip, write_tiny_siglip
 
 EXPERIMENT_DIR = Path(tbps.configs.__file__).parent / "experiment"

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
+from tbps.app.train import run_training
 from tbps.cli import compose_config
-from tbps.training.run import run_training
 
 FEW_STEPS = [
     "debug=tiny",

@@ -5,9 +5,9 @@ import json
 import pytest
 from lightning.pytorch.callbacks import Callback
 
+from tbps.app import train as run_module
+from tbps.app.train import run_training
 from tbps.cli import compose_config, main
-from tbps.training import run as run_module
-from tbps.training.run import run_training
 
 
 class Interrupt(Exception):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from tbps.app import train as run_module
 from tbps.cli import main
-from tbps.training import run as run_module
 from tbps.training.checkpoint import AtomicCheckpointIO
 
 TINY = ["debug=tiny", "trainer.max_epochs=2", "report.failures=0", "data.synth.num_identities=20"]

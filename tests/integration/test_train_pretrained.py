@@ -8,10 +8,10 @@ import torch
 from omegaconf import OmegaConf
 
 from tbps.app.eval import run_evaluation
+from tbps.app.train import run_training
 from tbps.cli import compose_config
 from tbps.data.tokenization import tokenize
 from tbps.model.checkpoint import model_from_checkpoint
-from tbps.training.run import run_training
 from tiny_backbones import write_tiny_clip, write_tiny_siglip
 
 COMMON = ["debug=tiny", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]

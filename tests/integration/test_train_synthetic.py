@@ -2,8 +2,8 @@
 
 import json
 
+from tbps.app.train import run_training
 from tbps.cli import compose_config
-from tbps.training.run import run_training
 
 
 def test_tiny_model_learns_well_above_chance(tmp_path):

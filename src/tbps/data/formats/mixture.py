@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 
 
 def _shift(images: list[ImageRecord], offset: int) -> list[ImageRecord]:
-    return [ImageRecord(img.pid + offset, img.image_path, img.captions, img.source) for img in images]
+    return [
+        ImageRecord(img.pid + offset, img.image_path, img.captions, img.source) for img in images
+    ]
 
 
 def parse_cuhk10_vn3k(

@@ -1,4 +1,5 @@
-"""`tbps train`: data -> tokenizer -> model -> Lightning fit -> test (best and last) -> report."""
+"""`tbps train` (application layer): data -> tokenizer -> model -> Lightning fit -> test (best
+and last) -> run folder, metrics.json, report."""
 
 from __future__ import annotations
 
