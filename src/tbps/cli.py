@@ -218,7 +218,6 @@ def _eval(cfg) -> None:
 def _export(cfg) -> None:
     from tbps.app.export import run_export
 
-    _check_required(cfg, ["out"], "tbps export ckpt_path=RUN/checkpoints/best.ckpt out=DIR")
     run_export(cfg)
 
 

@@ -52,7 +52,7 @@ def _same_metrics(evaluated: dict, expected: dict) -> None:
 @pytest.fixture(scope="module")
 def rde_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rde")
-    args = ["train", *TINY, "objectives=rde", "objectives.tal.tse_dim=16", "trainer.max_epochs=2"]
+    args = ["train", *TINY, "objectives=rde", "objectives.tal.tse_dim=16"]
     assert main([*args, f"run_dir={tmp / 'run'}", f"cache_dir={tmp / 'cache'}"]) == 0
     return tmp / "run"
 
@@ -90,6 +90,12 @@ def test_checkpoint_of_tbps_0_1_still_evaluates_and_exports(tmp_path, capsys):
     _same_metrics(_eval(tmp_path, f"model={folder}", [], "folder"), expected)
     assert TBPSModel.from_pretrained(folder).info["data"]["synth"]["num_identities"] == 40
     assert TBPSModel.from_pretrained(folder).token_selection is not None
+    # a failure report from tbps eval, e.g. for a cross-domain check
+    page = tmp_path / "cross" / "failures.html"
+    args = [f"model={folder}", f"cache_dir={tmp_path / 'cache'}", "report.failures=3"]
+    assert main(["eval", *args, f"report.path={page}"]) == 0
+    assert "failure report:" in capsys.readouterr().out and page.is_file()
+    assert list((tmp_path / "cross" / "failures_files").glob("*.jpg"))
     # data= on the command line wins: another dataset is scored
     other = _eval(tmp_path, f"model={folder}", ["data.synth.num_identities=60"], "other")
     assert other["t2i"]["num_queries"] != expected["t2i"]["num_queries"]
