@@ -109,7 +109,8 @@ start = time.perf_counter()
 model = TBPSModel.from_pretrained({str(tmp_path)!r})
 seconds = time.perf_counter() - start
 emb = model.encode_texts(**model.tokenize(["a man in a red coat"]))
-heavy = sorted(m for m in ("lightning", "pytorch_lightning", "hydra", "omegaconf") if m in sys.modules)
+import tbps.evaluation.split, tbps.evaluation.encode, tbps.model.export  # evaluation, export
+heavy = sorted(m for m in ("lightning", "pytorch_lightning", "hydra", "omegaconf", "tbps.training") if m in sys.modules)
 print(heavy, emb.shape[1], round(seconds, 3))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
