@@ -123,7 +123,6 @@ class TBPSModel(nn.Module):
                 f"width: {self.hf.config.text_config.projection_size} vs {self.vision_width}"
             )
         self.token_selection: TokenSelectionHead | None = None
-        self.token_selection_settings: dict[str, Any] | None = None
         if token_selection:
             self.add_token_selection(token_selection["ratio"], token_selection.get("dim"))
         self.tokenizer = tokenizer
@@ -136,8 +135,15 @@ class TBPSModel(nn.Module):
             raise ValueError("the model already has a token-selection head")
         head = TokenSelectionHead(self.vision_width, self.text_width, dim or self.embed_dim, ratio)
         self.token_selection = head.to(self.hf.logit_scale.device)
-        self.token_selection_settings = {"ratio": float(ratio), "dim": dim}
         return self.token_selection
+
+    @property
+    def token_selection_settings(self) -> dict[str, Any] | None:
+        """``{"ratio", "dim"}`` of the token-selection head (None without one)."""
+        if self.token_selection is None:
+            return None
+        head = self.token_selection.image
+        return {"ratio": float(head.ratio), "dim": head.linear.out_features}
 
     # -- architecture -------------------------------------------------------------------------
     @property

@@ -19,7 +19,7 @@ from tbps.losses import (
     resolve_objectives,
     tse_settings,
 )
-from tbps.model.checkpoint import tokenizer_from_state, upgrade_state_dict
+from tbps.model.checkpoint import upgrade_state_dict
 from tbps.model.tbps import TBPSModel
 from tbps.training.distributed import gather_batch, world_size
 from tbps.training.heads import TrainingHeads
@@ -76,8 +76,6 @@ class TBPSLightningModule(L.LightningModule):
         tse = tse_settings(self.objectives)
         if tse is not None and self.model.token_selection is None:
             self.model.add_token_selection(*tse)
-        if tokenizer_state is not None and self.model.tokenizer is None:
-            self.model.tokenizer = tokenizer_from_state(tokenizer_state)
         check_objectives_for_backbone(self.objectives, self.model.is_sigmoid, num_classes)
         self.heads = self._build_heads(num_classes)
         self._freeze_unused_similarity_parameters()
