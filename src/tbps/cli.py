@@ -24,6 +24,11 @@ commands:
   eval                evaluate a model: tbps eval model=DIR | ckpt_path=RUN/checkpoints/best.ckpt
                       [data=NAME data.root=DIR split=test device=auto precision=32]
   export              tbps export ckpt_path=RUN/checkpoints/best.ckpt out=DIR [format=tbps|hf|onnx]
+  index               embed a folder of images for search: tbps index model=DIR images=FOLDER
+                      out=INDEX [backend=exact|faiss] (a second run adds only what changed)
+  search              tbps search index=INDEX query="a man in a red jacket" [k=10 format=json]
+                      tbps search index=INDEX image=PATH (the same person in the gallery)
+  serve               the search service and web page: tbps serve index=INDEX [port=8000]
   clean               free checkpoints: tbps clean [runs_dir=runs min_score=R1 dry_run=false]
   convert             OpenAI / open_clip CLIP checkpoint -> HF folder: tbps convert src=FILE out=DIR
   data synth          write the synthetic dataset: tbps data synth out=DIR [num_identities=N seed=S]
@@ -41,6 +46,9 @@ VERBS: dict[str, str] = {
     "train": "train",
     "eval": "eval",
     "export": "export",
+    "index": "index",
+    "search": "search",
+    "serve": "serve",
     "clean": "clean",
     "data synth": "synth",
     "convert": "convert",
@@ -221,6 +229,24 @@ def _export(cfg) -> None:
     run_export(cfg)
 
 
+def _index(cfg) -> None:
+    from tbps.app.index import run_index
+
+    run_index(cfg)
+
+
+def _search(cfg) -> None:
+    from tbps.app.search import run_search
+
+    run_search(cfg)
+
+
+def _serve(cfg) -> None:
+    from tbps.app.serve import run_serve
+
+    run_serve(cfg)
+
+
 def _clean(cfg) -> None:
     from tbps.app.clean import run_clean
 
@@ -336,12 +362,33 @@ RUNNERS: dict[str, Callable] = {
     "train": _train,
     "eval": _eval,
     "export": _export,
+    "index": _index,
+    "search": _search,
+    "serve": _serve,
     "clean": _clean,
     "data synth": _synth,
     "convert": _convert,
     "data stats": _stats,
     "data check": _check,
 }
+
+
+#: keys whose value is free text, taken verbatim (commas, quotes, brackets and all) instead of
+#: through Hydra's override grammar
+VERBATIM_KEYS: dict[str, tuple[str, ...]] = {"search": ("query", "image")}
+
+
+def _split_verbatim(verb: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
+    keys = VERBATIM_KEYS.get(verb, ())
+    verbatim = {}
+    rest = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and key in keys:
+            verbatim[key] = value
+        else:
+            rest.append(arg)
+    return rest, verbatim
 
 
 def _resumed_config(args: Sequence[str]):
@@ -389,7 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     try:
         cfg = _resumed_config(args) if verb == "train" else None
+        args, verbatim = _split_verbatim(verb, args)
         cfg = cfg if cfg is not None else compose_config(VERBS[verb], args)
+        for key, value in verbatim.items():
+            cfg[key] = value
         if verb == "eval":
             from tbps.app.eval import with_training_data
 

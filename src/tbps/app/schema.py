@@ -70,6 +70,7 @@ def optional(rule: Rule) -> Rule:
     return NULL | rule
 
 
+PRECISION = Rule(lambda v: str(v) in ("32", "fp32", "bf16", "fp16", "16"), "one of 32, bf16, fp16")
 #: a count Lightning also takes as a fraction (limit_*_batches)
 BATCH_LIMIT = optional(POSITIVE_INT | FRACTION)
 
@@ -202,9 +203,7 @@ def _eval_rules() -> dict[str, Rule]:
         "device": TEXT,
         "report.failures": NON_NEGATIVE_INT,
         "report.path": TEXT,
-        "precision": Rule(
-            lambda v: str(v) in ("32", "fp32", "bf16", "fp16", "16"), "one of 32, bf16, fp16"
-        ),
+        "precision": PRECISION,
         "seed": INT,
     }
 
@@ -232,12 +231,53 @@ def _clean_rules() -> dict[str, Rule]:
     }
 
 
+def _index_rules() -> dict[str, Rule]:
+    return {
+        "images": TEXT,
+        "out": TEXT,
+        "backend": choice(("exact", "faiss")),
+        "dtype": choice(("fp16", "fp32")),
+        "device": TEXT,
+        "precision": PRECISION,
+        "batch_size": POSITIVE_INT,
+        "num_workers": NON_NEGATIVE_INT,
+        "overwrite": BOOL,
+        "format": choice(("table", "json")),
+    }
+
+
+def _search_rules() -> dict[str, Rule]:
+    return {
+        "index": TEXT,
+        "query": optional(TEXT),
+        "image": optional(TEXT),
+        "k": POSITIVE_INT,
+        "model": optional(TEXT),
+        "device": TEXT,
+        "format": choice(("table", "json")),
+    }
+
+
+def _serve_rules() -> dict[str, Rule]:
+    return {
+        "index": TEXT,
+        "model": optional(TEXT),
+        "host": TEXT,
+        "port": Rule(lambda v: _is_int(v) and 0 <= v <= 65535, "a port in 0..65535"),
+        "max_k": POSITIVE_INT,
+        "device": TEXT,
+    }
+
+
 #: primary config name -> its rules
 SCHEMAS: dict[str, Callable[[], dict[str, Rule]]] = {
     "train": _train_rules,
     "eval": _eval_rules,
     "export": _export_rules,
     "clean": _clean_rules,
+    "index": _index_rules,
+    "search": _search_rules,
+    "serve": _serve_rules,
 }
 
 
@@ -245,6 +285,8 @@ SCHEMAS: dict[str, Callable[[], dict[str, Rule]]] = {
 REQUIRED_HINTS = {
     "data.root": "data={data.name} needs data.root=DIR (the dataset folder)",
     "out": "out=DIR is required: where to write (see tbps --help)",
+    "images": "images=FOLDER is required: the folder of gallery images to index",
+    "index": "index=DIR is required: an index folder written by tbps index",
     "backbone.path": "backbone={backbone.name} needs backbone.path=DIR (a Hugging Face folder "
     "with config.json, weights and tokenizer, or a hub id)",
 }
