@@ -41,7 +41,12 @@ def test_every_group_option_passes_the_schema(group):
 
 
 def test_every_command_passes_the_schema():
-    required = {"export": ["out=/tmp/x"]}
+    required = {
+        "export": ["out=/tmp/x"],
+        "index": ["images=/data/crops", "out=/tmp/index"],
+        "search": ["index=/tmp/index"],
+        "serve": ["index=/tmp/index"],
+    }
     for verb in SCHEMAS:
         validate_config(verb, compose_config(verb, required.get(verb, [])))
 
@@ -58,6 +63,10 @@ def test_required_values_never_show_the_missing_marker(tmp_path, monkeypatch, ca
     assert "data=icfg_pedes needs data.root=DIR" in capsys.readouterr().err
     assert main(["export", "model=x"]) == 2
     assert "out=DIR is required" in capsys.readouterr().err
+    assert main(["index", "model=x", "out=y"]) == 2
+    assert "images=FOLDER is required" in capsys.readouterr().err
+    assert main(["search", "query=a man"]) == 2
+    assert "index=DIR is required" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -100,3 +109,37 @@ def test_validate_names_the_key_for_library_users():
     cfg = compose_config("eval", ["loader.eval_batch_size=0"])
     with pytest.raises(ConfigError, match="loader.eval_batch_size=0"):
         validate_config("eval", cfg)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["index", "model=m", "images=i", "out=o", "backend=annoy"],
+            "backend='annoy': expected one of exact, faiss",
+        ),
+        (
+            ["index", "model=m", "images=i", "out=o", "dtype=int8"],
+            "dtype='int8': expected one of fp16, fp32",
+        ),
+        (
+            ["index", "model=m", "images=i", "out=o", "batch_size=0"],
+            "batch_size=0: expected a positive integer",
+        ),
+        (["search", "index=x", "query=a man", "k=0"], "k=0: expected a positive integer"),
+        (
+            ["search", "index=x", "query=a man", "format=xml"],
+            "format='xml': expected one of table, json",
+        ),
+        (["serve", "index=x", "port=70000"], "port=70000: expected a port in 0..65535"),
+        (["serve", "index=x", "max_k=-1"], "max_k=-1: expected a positive integer"),
+    ],
+)
+def test_search_commands_check_their_values_before_any_work(
+    args, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())

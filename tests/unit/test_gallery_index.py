@@ -304,7 +304,7 @@ def test_faiss_reaches_its_recall_target_against_exact(monkeypatch, kind, tmp_pa
     pytest.importorskip("faiss")
     vectors = _clustered(4000, 32)
     if kind == "ivf":
-        monkeypatch.setattr(backends_module, "HNSW_MAX", 1000)
+        monkeypatch.setattr(backends_module, "HNSW_MAX", 1000)  # IVF from 1,000 vectors on
     search = FaissSearch.build(vectors)
     assert search.plan["type"] == kind == faiss_plan(len(vectors))["type"]
     assert search.plan["recall_at_10"] >= 0.95
@@ -327,6 +327,15 @@ def test_faiss_backend_index_round_trip(model, tmp_path):
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["backend"]["recall_at_10"] == report.backend["recall_at_10"]
     faiss_retriever = Retriever(model, GalleryIndex.load(out), device="cpu")
+    (faiss_file,) = out.glob("faiss-*.index")
+    faiss_file.unlink()
+    with pytest.raises(
+        IndexFormatError, match=f"{faiss_file.name}: faiss index listed in manifest.json is missing"
+    ):
+        GalleryIndex.load(out)
+    again = _build(model, root, out, backend="faiss", dtype="fp32")  # nothing to encode: rebuilt
+    assert again.summary()["added"] == 0 and (out / again.backend["file"]).is_file()
+    assert len(GalleryIndex.load(out)) == 9
     _build(model, root, out, backend="exact", dtype="fp32")
     assert not list(out.glob("faiss-*"))  # the exact index drops the faiss file
     exact_retriever = Retriever(model, GalleryIndex.load(out), device="cpu")

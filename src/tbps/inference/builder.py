@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from tbps.data.images import load_image
 from tbps.errors import ConfigError, DataError
 from tbps.evaluation.encode import check_precision, encode_images_batch, eval_mode, resolve_device
-from tbps.inference.backends import BACKENDS, STORAGE_DTYPES, FaissSearch
+from tbps.inference.backends import BACKENDS, STORAGE_DTYPES, FaissSearch, require_faiss
 from tbps.inference.index import (
     MANIFEST,
     SHARDS,
@@ -30,7 +30,7 @@ from tbps.inference.index import (
     load_vectors,
     model_fingerprint,
     read_manifest,
-    read_shard,
+    shard_paths,
     write_manifest,
     write_shard,
 )
@@ -65,7 +65,7 @@ class IndexReport:
 
 
 class _GalleryFiles(Dataset):
-    """Decoded, preprocessed images; an unreadable one yields its error instead of a tensor."""
+    """Decoded images resized to uint8 (3, H, W); an unreadable one yields its error instead."""
 
     def __init__(self, root: Path, files: list[ImageFile], transform) -> None:
         self.root, self.files, self.transform = root, files, transform
@@ -77,7 +77,7 @@ class _GalleryFiles(Dataset):
         try:
             return i, self.transform(load_image(self.root / self.files[i].path)), None
         except DataError as e:
-            return i, None, str(e).split(": ", 1)[-1] if ": " in str(e) else str(e)
+            return i, None, str(e)
         except Exception as e:  # noqa: BLE001 - one bad image never aborts the index
             return i, None, f"{type(e).__name__}: {e}"
 
@@ -146,24 +146,64 @@ def _previous(
 
 
 def _valid_shards(out: Path, previous: Manifest | None) -> dict[str, int]:
-    """The previous manifest's shards that read back as it says; bad ones are logged."""
+    """The previous manifest's shards whose header and row paths read back as it says (the
+    vectors are not read); bad ones are logged."""
     if previous is None:
         return {}
+    owned: dict[str, list[Entry]] = {}
+    for entry in previous.entries:
+        owned.setdefault(entry.shard, []).append(entry)
     valid = {}
     for name, rows in previous.shards.items():
         try:
-            _, paths = read_shard(out, name, rows, previous.dim)
+            paths = shard_paths(out, name, rows, previous.dim)
         except IndexFormatError as e:
             log.warning("%s: its images are encoded again", e)
             continue
-        owned = [e for e in previous.entries if e.shard == name]
-        if all(e.row < len(paths) and paths[e.row] == e.path for e in owned):
+        if all(e.row < len(paths) and paths[e.row] == e.path for e in owned.get(name, [])):
             valid[name] = rows
         else:
             log.warning(
                 "%s/%s disagrees with %s: its images are encoded again", SHARDS, name, MANIFEST
             )
     return valid
+
+
+@dataclass
+class _Update:
+    """What a run does: entries kept, files to encode, files skipped, how many were removed."""
+
+    keep: list[Entry]
+    todo: list[ImageFile]
+    skipped: list[tuple[str, str]]
+    removed: int
+
+
+def _plan_update(previous: Manifest | None, shards: Mapping[str, int], scan) -> _Update:
+    """Keep the entries of valid shards whose file is unchanged; encode the rest, except files
+    that failed before and have not changed since (skipped again, not retried)."""
+    current = {f.path: f for f in scan.images}
+    known = {e.path: e for e in previous.entries} if previous else {}
+    keep = [
+        e
+        for e in known.values()
+        if e.shard in shards
+        and e.path in current
+        and current[e.path].signature == (e.size, e.mtime_ns)
+    ]
+    kept = {e.path for e in keep}
+    failed = {s["path"]: s for s in (previous.skipped if previous else []) if "size" in s}
+    skipped = list(scan.left_out)
+    todo = []
+    for f in scan.images:
+        if f.path in kept:
+            continue
+        before = failed.get(f.path)
+        if before and (before["size"], before["mtime_ns"]) == f.signature:
+            skipped.append((f.path, before["reason"]))
+        else:
+            todo.append(f)
+    return _Update(keep, todo, skipped, sum(1 for p in known if p not in current))
 
 
 def _signature(file: ImageFile | None) -> dict[str, int]:
@@ -205,8 +245,6 @@ def build_index(
     if dtype not in STORAGE_DTYPES:
         raise ConfigError(f"dtype={dtype!r}; valid: {', '.join(STORAGE_DTYPES)}")
     if backend == "faiss":
-        from tbps.inference.backends import require_faiss
-
         require_faiss()
     root = Path(images).expanduser().resolve()
     scan = scan_folder(root)
@@ -228,44 +266,29 @@ def build_index(
         previous = _previous(out, fingerprint, root, dtype, overwrite)
         shards = _valid_shards(out, previous)
         _remove_unlisted(out, shards, previous.backend.get("file") if previous else None)
-        current = {f.path: f for f in scan.images}
-        known = {e.path: e for e in previous.entries} if previous else {}
-        keep = [
-            e
-            for e in known.values()
-            if e.shard in shards
-            and e.path in current
-            and current[e.path].signature == (e.size, e.mtime_ns)
-        ]
-        kept = {e.path for e in keep}
-        failed_before = {
-            s["path"]: s for s in (previous.skipped if previous else []) if "size" in s
-        }
-        skipped = list(scan.left_out)
-        todo = []
-        for f in scan.images:
-            if f.path in kept:
-                continue
-            before = failed_before.get(f.path)
-            if before and (before["size"], before["mtime_ns"]) == f.signature:
-                skipped.append((f.path, before["reason"]))  # unchanged since it failed: not retried
-            else:
-                todo.append(f)
-        removed = sum(1 for p in known if p not in current)
+        update = _plan_update(previous, shards, scan)
+        signatures = {f.path: f for f in scan.images}
+        todo, skipped, removed = update.todo, update.skipped, update.removed
         record = {
             **(model_source or {}),
             "fingerprint": fingerprint,
             "embed_dim": int(model.retrieval_dim),
         }
         manifest = Manifest(
-            record, str(root), dtype, {"name": backend}, keep, dict(shards), complete=False
+            record,
+            str(root),
+            dtype,
+            {"name": backend},
+            list(update.keep),
+            dict(shards),
+            complete=False,
         )
         if todo:
             log.info(
                 "indexing %d of %d images (%d unchanged, %d removed) on %s",
                 len(todo),
                 len(scan.images),
-                len(keep),
+                len(update.keep),
                 removed,
                 torch_device,
             )
@@ -298,7 +321,7 @@ def build_index(
         unchanged = previous is not None and not todo and not removed
         manifest.backend = _backend(out, manifest, backend, previous if unchanged else None)
         manifest.skipped = [
-            {"path": p, "reason": why, **_signature(current.get(p))} for p, why in skipped
+            {"path": p, "reason": why, **_signature(signatures.get(p))} for p, why in skipped
         ]
         manifest.complete = True
         write_manifest(out, manifest)
@@ -309,8 +332,8 @@ def build_index(
         log.warning(
             "... and %d more skipped images (listed in %s)", len(skipped) - 20, out / MANIFEST
         )
-    encoded = {e.path for e in manifest.entries} - kept
-    changed = len(encoded & known.keys())
+    encoded = {e.path for e in manifest.entries} - {e.path for e in update.keep}
+    changed = len(encoded & {e.path for e in previous.entries} if previous else set())
     return IndexReport(
         len(manifest.entries), len(encoded) - changed, changed, removed, skipped, manifest.backend
     )
@@ -332,8 +355,9 @@ def _encode(
     progress,
 ) -> list[tuple[str, str]]:
     """Encode ``todo`` and commit a shard every ``shard_rows`` images; returns the skipped."""
+    resize, normalise = model.image_stages  # uint8 from the workers, normalised per batch
     loader = DataLoader(
-        _GalleryFiles(root, todo, model.image_transform),
+        _GalleryFiles(root, todo, resize),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,
@@ -366,9 +390,8 @@ def _encode(
         for ids, images, bad in loader:
             skipped += [(todo[i].path, why) for i, why in bad]
             if images is not None:
-                rows.append(
-                    encode_images_batch(model, {"images": images}, device, autocast_dtype).cpu()
-                )
+                batch = {"images": normalise(images.to(device, non_blocking=True))}
+                rows.append(encode_images_batch(model, batch, device, autocast_dtype).cpu())
                 files.extend(todo[i] for i in ids)
             while len(files) >= shard_rows:
                 commit()

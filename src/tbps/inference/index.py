@@ -31,7 +31,7 @@ SHARDS = "shards"
 INDEX_FORMAT = "tbps-index"
 INDEX_VERSION = 1
 TENSOR = "embeddings"
-DTYPE_NAMES = {torch.float16: "fp16", torch.float32: "fp32"}
+REPAIR = "; run tbps index again to repair"
 
 
 class IndexFormatError(DataError):
@@ -139,9 +139,7 @@ def read_manifest(directory: Path) -> Manifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise IndexFormatError(
-            f"{path}: unreadable or truncated ({e}); run tbps index again to repair"
-        ) from e
+        raise IndexFormatError(f"{path}: unreadable or truncated ({e}){REPAIR}") from e
     return Manifest.from_json(data, path)
 
 
@@ -183,30 +181,32 @@ def write_shard(directory: Path, name: str, vectors: torch.Tensor, paths: list[s
 
 def read_shard(directory: Path, name: str, rows: int, dim: int) -> tuple[torch.Tensor, list[str]]:
     """A shard's vectors and row paths, checked against what the manifest says."""
+    paths = shard_paths(directory, name, rows, dim)
+    try:
+        with safe_open(str(directory / SHARDS / name), framework="pt") as f:
+            return f.get_tensor(TENSOR), paths
+    except (SafetensorError, OSError) as e:
+        raise IndexFormatError(
+            f"{directory / SHARDS / name}: unreadable shard ({e}){REPAIR}"
+        ) from e
+
+
+def shard_paths(directory: Path, name: str, rows: int, dim: int) -> list[str]:
+    """A shard's row paths, its header checked against the manifest (the vectors not read)."""
     path = directory / SHARDS / name
     if not path.is_file():
-        raise IndexFormatError(
-            f"{path}: shard listed in {MANIFEST} is missing; run tbps index again to repair"
-        )
+        raise IndexFormatError(f"{path}: shard listed in {MANIFEST} is missing{REPAIR}")
     try:
         with safe_open(str(path), framework="pt") as f:
             paths = json.loads((f.metadata() or {}).get("paths", "null"))
-            vectors = f.get_tensor(TENSOR)
+            shape = tuple(f.get_slice(TENSOR).get_shape())
     except (SafetensorError, OSError, ValueError, KeyError) as e:
+        raise IndexFormatError(f"{path}: unreadable or truncated shard ({e}){REPAIR}") from e
+    if shape != (rows, dim) or not isinstance(paths, list) or len(paths) != rows:
         raise IndexFormatError(
-            f"{path}: unreadable or truncated shard ({e}); run tbps index again to repair"
-        ) from e
-    if (
-        vectors.dim() != 2
-        or vectors.shape != (rows, dim)
-        or not isinstance(paths, list)
-        or len(paths) != rows
-    ):
-        raise IndexFormatError(
-            f"{path}: holds {tuple(vectors.shape)} embeddings, {MANIFEST} says ({rows}, {dim}); "
-            "run tbps index again to repair"
+            f"{path}: holds {shape} embeddings, {MANIFEST} says ({rows}, {dim}){REPAIR}"
         )
-    return vectors, paths
+    return paths
 
 
 class GalleryIndex:
@@ -306,7 +306,7 @@ def load_vectors(directory: Path, manifest: Manifest) -> torch.Tensor:
             if paths[row] != manifest.entries[image_id].path:
                 raise IndexFormatError(
                     f"{directory / SHARDS / name}: row {row} is {paths[row]!r}, {MANIFEST} says "
-                    f"{manifest.entries[image_id].path!r}; run tbps index again to repair"
+                    f"{manifest.entries[image_id].path!r}{REPAIR}"
                 )
         out[ids] = vectors[where].to(dtype)
     return out
@@ -316,18 +316,14 @@ def _load_faiss(directory: Path, manifest: Manifest) -> FaissSearch:
     plan = manifest.backend
     path = directory / str(plan.get("file"))
     if not path.is_file():
-        raise IndexFormatError(
-            f"{path}: faiss index listed in {MANIFEST} is missing; run tbps index again to repair"
-        )
+        raise IndexFormatError(f"{path}: faiss index listed in {MANIFEST} is missing{REPAIR}")
     try:
         search = FaissSearch.load(path, plan)
     except RuntimeError as e:
-        raise IndexFormatError(
-            f"{path}: unreadable faiss index ({e}); run tbps index again to repair"
-        ) from e
+        raise IndexFormatError(f"{path}: unreadable faiss index ({e}){REPAIR}") from e
     if len(search) != len(manifest.entries) or search.dim != manifest.dim:
         raise IndexFormatError(
             f"{path}: {len(search)} vectors of {search.dim} dims, {MANIFEST} lists "
-            f"{len(manifest.entries)} of {manifest.dim}; run tbps index again to repair"
+            f"{len(manifest.entries)} of {manifest.dim}{REPAIR}"
         )
     return search

@@ -70,7 +70,7 @@ class Retriever:
         """Load the index, and the model it recorded (or the folder ``model``)."""
         from tbps.model.tbps import TBPSModel
 
-        gallery = GalleryIndex.load(index)
+        gallery = GalleryIndex.load(index, device=resolve_device(device))
         recorded = gallery.manifest.model
         if model is not None:
             return cls(TBPSModel.from_pretrained(model), gallery, device)

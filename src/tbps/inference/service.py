@@ -6,7 +6,6 @@ Every error is JSON ``{"error": "..."}`` with a 4xx status: 400 for a body that 
 outside 1..``max_k``, 404 for anything that is not an indexed image.
 """
 
-
 import json
 import logging
 import mimetypes

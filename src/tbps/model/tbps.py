@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tbps import __version__
 from tbps.data.tokenization import tokenize
-from tbps.data.transforms import CLIP_MEAN, CLIP_STD, Transform, eval_transform
+from tbps.data.transforms import CLIP_MEAN, CLIP_STD, Transform, eval_stages, eval_transform
 from tbps.errors import ConfigError, DataError
 from tbps.model.backbone import (
     NON_SQUARE,
@@ -264,6 +264,16 @@ class TBPSModel(nn.Module):
         from torchvision.transforms import InterpolationMode
 
         return eval_transform(
+            self.image_size, self.image_mean, self.image_std, InterpolationMode(self.interpolation)
+        )
+
+    @property
+    def image_stages(self) -> tuple[Transform, Transform]:
+        """:attr:`image_transform` as (resize to uint8, normalise a batch): see
+        :func:`tbps.data.transforms.eval_stages`."""
+        from torchvision.transforms import InterpolationMode
+
+        return eval_stages(
             self.image_size, self.image_mean, self.image_std, InterpolationMode(self.interpolation)
         )
 
