@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_export_eval import TINY  # the tiny run the export tests train
 
 from gallery import tiny_model, write_gallery
 from tbps.cli import main
@@ -224,25 +225,10 @@ def test_web_page_in_a_headless_browser(gallery, port):
     assert all(url.startswith(f"http://127.0.0.1:{port}/") for url in requests)  # nothing off-box
 
 
-TINY_RUN = [
-    "debug=tiny",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "report.failures=0",
-    "backbone.vision.width=32",
-    "backbone.text.width=32",
-    "backbone.embed_dim=32",
-    "backbone.vision.layers=1",
-    "backbone.text.layers=1",
-    "backbone.tokenizer.vocab_size=300",
-    "data.synth.num_identities=40",
-]
-
-
 def test_readme_demo_export_index_search_serve(tmp_path, capsys):
     torch.manual_seed(0)
     run, cache = tmp_path / "run", tmp_path / "cache"
-    assert main(["train", *TINY_RUN, f"run_dir={run}", f"cache_dir={cache}"]) == 0
+    assert main(["train", *TINY, f"run_dir={run}", f"cache_dir={cache}"]) == 0
     model = tmp_path / "model"
     assert main(["export", f"ckpt_path={run}/checkpoints/best.ckpt", f"out={model}"]) == 0
     (test_images,) = cache.glob("synthetic/*/imgs/test")

@@ -3,6 +3,7 @@ images, kill -9 at any commit point, damaged folders named and repaired, the mod
 and exact / faiss search against brute force."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -109,7 +110,9 @@ def test_unreadable_images_are_skipped_counted_and_named(model, tmp_path, caplog
     assert "skipped broken.jpg" in caplog.text
     skipped = json.loads((out / MANIFEST).read_text())["skipped"]
     assert {s["path"] for s in skipped} == {"broken.jpg", "empty.png"}
-    # not retried while unchanged; retried once fixed
+    # not retried while unchanged (nothing to encode); retried once fixed
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="tbps.inference")
     assert _build(model, root, out).summary() == {
         "images": 4,
         "added": 0,
@@ -117,6 +120,7 @@ def test_unreadable_images_are_skipped_counted_and_named(model, tmp_path, caplog
         "removed": 0,
         "skipped": 2,
     }
+    assert "indexing" not in caplog.text and "skipped broken.jpg" in caplog.text
     Image.new("RGB", (32, 96), (0, 0, 250)).save(root / "broken.jpg", format="JPEG")
     assert _build(model, root, out).summary()["added"] == 1
     (tmp_path / "none").mkdir()
