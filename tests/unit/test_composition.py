@@ -347,3 +347,10 @@ def test_skipped_batch_leaves_the_weights_untouched_under_a_trainer():
     strict = TBPSLightningModule(clip_spec(), {"itc": {}})
     with pytest.raises(NonFiniteLossError, match="non-finite loss in objective"):
         fit(strict, [bad])
+
+
+def test_cmpm_target_norm_is_checked_and_passed_on():
+    assert resolve_objectives({"cmpm": {}})["cmpm"]["target_norm"] == "l2"
+    assert resolve_objectives({"cmpm": {"target_norm": "l1"}})["cmpm"]["target_norm"] == "l1"
+    with pytest.raises(ConfigError, match="objectives.cmpm.target_norm must be one of l2, l1"):
+        resolve_objectives({"cmpm": {"target_norm": "L2"}})

@@ -62,10 +62,18 @@ def reference_sdm(f, g, pids, s, eps=1e-8, w=None):
     return reference_kl_rows(S, pids, eps, w) + reference_kl_rows(S.T, pids, eps, w)
 
 
-def reference_cmpm(f, g, pids, eps=1e-8):
-    i2t = f @ unit(g).T  # raw image against normalised text
-    t2i = g @ unit(f).T
-    return reference_kl_rows(i2t, pids, eps) + reference_kl_rows(t2i, pids, eps)
+def reference_cmpm(f, g, pids, eps=1e-8, norm="l2"):
+    """CMPM with q_ij = 1/sqrt(n_i) (l2, IRRA's code) or 1/n_i (l1, the paper) on i's identity."""
+    B = f.shape[0]
+    total = 0.0
+    for M in (f @ unit(g).T, g @ unit(f).T):  # raw image against normalised text, and back
+        for i in range(B):
+            n = sum(int(pids[j] == pids[i]) for j in range(B))
+            p = softmax_row(M[i])
+            for j in range(B):
+                q = (1 / math.sqrt(n) if norm == "l2" else 1 / n) if pids[j] == pids[i] else 0.0
+                total += p[j] * (torch.log(p[j]) - math.log(q + eps)) / B
+    return total
 
 
 def reference_ritc(f, g, pids, s, eps=0.01):
@@ -392,7 +400,7 @@ def test_public_signatures():
     expected = {
         itc: ["image_feats", "text_feats", "logit_scale"],
         sdm: ["image_feats", "text_feats", "pids", "logit_scale", "epsilon"],
-        cmpm: ["image_feats", "text_feats", "pids", "epsilon"],
+        cmpm: ["image_feats", "text_feats", "pids", "epsilon"],  # then weights, target_norm
         id_loss: ["image_logits", "text_logits", "pids"],
         nitc: [
             "image_feats",
@@ -419,3 +427,20 @@ def test_public_signatures():
             if p.name in defaults:
                 assert p.default == defaults[p.name], (fn.__name__, p.name)
         assert all(p.default is not inspect.Parameter.empty for p in params[len(names) :])
+
+
+def test_cmpm_target_norm_l2_as_irra_code_l1_as_the_paper():
+    torch.manual_seed(3)
+    f, g = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    pids = torch.tensor([1, 1, 1, 2, 3, 3])  # identities with 3, 1 and 2 items
+    for norm in ("l2", "l1"):
+        got = cmpm(f, g, pids, target_norm=norm)
+        assert got.item() == pytest.approx(float(reference_cmpm(f, g, pids, norm=norm)), rel=1e-9)
+    assert cmpm(f, g, pids).item() == cmpm(f, g, pids, target_norm="l2").item()  # the default
+    assert cmpm(f, g, pids, target_norm="l1").item() != pytest.approx(cmpm(f, g, pids).item())
+    distinct = torch.arange(6)
+    assert cmpm(f, g, distinct, target_norm="l1").item() == pytest.approx(
+        cmpm(f, g, distinct, target_norm="l2").item(), rel=1e-12
+    )
+    with pytest.raises(ValueError, match="target_norm='l3'; valid: l2, l1"):
+        cmpm(f, g, pids, target_norm="l3")

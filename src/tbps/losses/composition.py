@@ -23,7 +23,7 @@ import torch
 from tbps.errors import ConfigError
 from tbps.losses.classification import id_loss, mlm_loss
 from tbps.losses.consistency import citc
-from tbps.losses.contrastive import cmpm, itc, nitc, ritc, sdm, sigmoid_nitc
+from tbps.losses.contrastive import CMPM_TARGET_NORMS, cmpm, itc, nitc, ritc, sdm, sigmoid_nitc
 from tbps.losses.selfsup import simclr
 from tbps.losses.triplet import tal
 
@@ -120,8 +120,10 @@ OBJECTIVES: dict[str, Objective] = {
         summary="similarity distribution matching (IRRA)",
     ),
     "cmpm": Objective(
-        lambda f, g, x, p: cmpm(f, g, x.pids, p["epsilon"], weights=x.weights),
-        {"epsilon": 1e-8, **_CROSS},
+        lambda f, g, x, p: cmpm(
+            f, g, x.pids, p["epsilon"], weights=x.weights, target_norm=p["target_norm"]
+        ),
+        {"epsilon": 1e-8, "target_norm": "l2", **_CROSS},
         uses_logit_scale=False,
         summary="cross-modal projection matching",
     ),
@@ -199,9 +201,10 @@ def _check_param(name: str, key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
         return value
-    if key == "form":
-        if value not in RITC_FORMS:
-            raise ConfigError(f"{where} must be one of {', '.join(RITC_FORMS)}, got {value!r}")
+    choices = {"form": RITC_FORMS, "target_norm": CMPM_TARGET_NORMS}.get(key)
+    if choices is not None:
+        if value not in choices:
+            raise ConfigError(f"{where} must be one of {', '.join(choices)}, got {value!r}")
         return value
     if key in ("layers", "tse_dim"):
         if value is None and key == "tse_dim":

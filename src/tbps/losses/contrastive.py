@@ -63,12 +63,16 @@ def sdm(
     return sum(weighted_mean(kl_to_targets(m, log_q), weights) for m in (logits, logits.t()))
 
 
+CMPM_TARGET_NORMS = ("l2", "l1")
+
+
 def cmpm(
     image_feats: torch.Tensor,
     text_feats: torch.Tensor,
     pids: torch.Tensor,
     epsilon: float = 1e-8,
     weights: torch.Tensor | None = None,
+    target_norm: str = "l2",
 ) -> torch.Tensor:
     """Cross-Modal Projection Matching (Zhang & Lu, 2018).
 
@@ -76,12 +80,23 @@ def cmpm(
     p_ij = softmax_j(x_i . g_j) with x the raw image and g the normalised text embeddings
     (image-to-text), and the same with raw text against normalised images (text-to-image).
     L = sum over both directions of mean_i sum_j p_ij (log p_ij - log(q_ij + eps)).
+    Targets from the same-identity matrix y: q_ij = y_ij / ||y_i||_2 = 1/sqrt(n_i) for the n_i
+    items of i's identity (``target_norm="l2"``, as IRRA's and the original trainer's code
+    compute it; not a distribution when n_i > 1), or q_ij = y_ij / ||y_i||_1 = 1/n_i
+    (``"l1"``, the paper's formula). Both agree when every identity appears once.
     No logit scale: the norm of the raw embedding plays its part.
     """
+    if target_norm not in CMPM_TARGET_NORMS:
+        raise ValueError(f"cmpm target_norm={target_norm!r}; valid: {', '.join(CMPM_TARGET_NORMS)}")
     x, t = image_feats, text_feats
     i2t = as_float(x) @ normalized(t).t()
     t2i = as_float(t) @ normalized(x).t()
-    log_q = torch.log(identity_targets(pids, i2t.dtype) + epsilon)
+    if target_norm == "l1":
+        q = identity_targets(pids, i2t.dtype)
+    else:
+        same = same_identity(pids).to(i2t.dtype)
+        q = same / same.norm(dim=1, keepdim=True)
+    log_q = torch.log(q + epsilon)
     return weighted_mean(kl_to_targets(i2t, log_q), weights) + weighted_mean(
         kl_to_targets(t2i, log_q), weights
     )
