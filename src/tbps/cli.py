@@ -31,6 +31,7 @@ commands:
   serve               the search service and web page: tbps serve index=INDEX [port=8000]
   clean               free checkpoints: tbps clean [runs_dir=runs min_score=R1 dry_run=false]
   convert             OpenAI / open_clip CLIP checkpoint -> HF folder: tbps convert src=FILE out=DIR
+                      IRRA's best.pth -> a model folder: tbps convert src=best.pth out=DIR
   data synth          write the synthetic dataset: tbps data synth out=DIR [num_identities=N seed=S]
   data stats          per-split counts: tbps data stats data=NAME data.root=DIR [format=json]
   data check          scan for bad images/captions: tbps data check data=NAME data.root=DIR
@@ -335,8 +336,19 @@ def _check(cfg) -> int:
 
 def _convert(cfg) -> None:
     from tbps.model.convert import convert_clip_checkpoint
+    from tbps.model.published import METHODS, convert_irra, detect_method
 
     _check_required(cfg, ["src", "out"], "tbps convert src=ViT-B-16.pt out=DIR")
+    source = cfg["from"]
+    if source not in ("auto", "openai", "open_clip", *METHODS):
+        raise ConfigError(f"from={source!r}; valid: auto, openai, open_clip, {', '.join(METHODS)}")
+    if source == "auto":
+        source = detect_method(cfg.src) or "openai"
+    if source == "irra":
+        size = None if cfg.image_size is None else tuple(cfg.image_size)
+        out = convert_irra(cfg.src, cfg.out, image_size=size, bpe_path=cfg.bpe)
+        print(f"IRRA model folder written to {out}; tbps eval model={out} data=... , tbps index model={out} ...")
+        return
     out = convert_clip_checkpoint(
         cfg.src,
         cfg.out,

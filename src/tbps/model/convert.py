@@ -95,16 +95,25 @@ def clip_config_from_openai(
     vision_heads: int | None = None,
     text_heads: int | None = None,
     source: str = "checkpoint",
+    grid: tuple[int, int] | None = None,
 ) -> CLIPConfig:
     """The CLIPConfig of an OpenAI-layout state dict (shapes read from the tensors).
 
-    Head counts are not stored in the weights: OpenAI's rule width/64 is the default.
+    Head counts are not stored in the weights: OpenAI's rule width/64 is the default. A
+    non-square position table (already resized to a (rows, cols) ``grid``, as IRRA stores
+    it) is checked against ``grid``; the config then says a square image of ``rows`` patches
+    per side, and the caller sets the real size (:func:`tbps.model.backbone.set_image_size`).
     """
     conv = _need(state, "visual.conv1.weight", source)
     vision_width, patch = conv.shape[0], conv.shape[-1]
     positions = _need(state, "visual.positional_embedding", source).shape[0] - 1
-    side = int(round(positions**0.5))
-    if side * side != positions:
+    side = int(round(positions**0.5)) if grid is None else grid[0]
+    if grid is not None and grid[0] * grid[1] != positions:
+        raise DataError(
+            f"{source}: {positions} vision positions, but a {grid[0]}x{grid[1]} patch grid "
+            f"has {grid[0] * grid[1]}"
+        )
+    if grid is None and side * side != positions:
         raise DataError(f"{source}: {positions} vision positions do not form a square grid")
     text_width = _need(state, "ln_final.weight", source).shape[0]
     vocab, width = _need(state, "token_embedding.weight", source).shape
