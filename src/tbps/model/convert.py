@@ -41,6 +41,27 @@ def is_torchscript(path: Path) -> bool:
         )
 
 
+def load_converted_weights(
+    model: CLIPModel, weights: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
+    """Load renamed weights into ``model`` strictly, as float32; a missing or unexpected key,
+    or a shape that differs, is one line naming it."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        raise DataError(f"{source}: no weights for {missing[0]!r} ({len(missing)} missing)")
+    unexpected = sorted(set(weights) - set(expected))
+    if unexpected:
+        raise DataError(f"{source}: {unexpected[0]!r} has no place in the CLIP model")
+    for key, value in weights.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise DataError(
+                f"{source}: {key!r} has shape {tuple(value.shape)}, expected "
+                f"{tuple(expected[key].shape)}"
+            )
+    model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
+
+
 def load_source_state_dict(
     path: str | os.PathLike, allow_torchscript: bool = False
 ) -> dict[str, torch.Tensor]:
@@ -292,18 +313,7 @@ def convert_clip_checkpoint(
         raise DataError(f"{source} has a logit_bias (a SigLIP-style model); only CLIP converts")
     config = clip_config_from_openai(state, hidden_act, vision_heads, text_heads, source)
     model = CLIPModel(config)
-    hf_state = openai_to_hf_state_dict(state, source)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(hf_state))
-    if missing:
-        raise DataError(f"{source}: no weights for {missing[0]!r} ({len(missing)} missing)")
-    for key, value in hf_state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise DataError(
-                f"{source}: {key!r} has shape {tuple(value.shape)}, expected "
-                f"{tuple(expected[key].shape)}"
-            )
-    model.load_state_dict({k: v.float() for k, v in hf_state.items()}, strict=True)
+    load_converted_weights(model, openai_to_hf_state_dict(state, source), source)
     model.save_pretrained(out)
     vocab = config.text_config.vocab_size
     bpe = Path(bpe_path).expanduser() if bpe_path else default_bpe_path()

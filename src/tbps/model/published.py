@@ -25,6 +25,7 @@ from tbps.model.convert import (
     clip_bpe_tokenizer,
     clip_config_from_openai,
     default_bpe_path,
+    load_converted_weights,
     openai_to_hf_state_dict,
 )
 from tbps.model.tbps import TBPSModel
@@ -192,25 +193,10 @@ def convert_irra(
             f"{settings.get('from', 'absent')})"
         )
     config = clip_config_from_openai(state, source=str(src), grid=grid)
-    backbone = CLIPModel(config)
+    backbone = set_image_size(CLIPModel(config), (height, width))  # the grid IRRA stored
     weights = openai_to_hf_state_dict(state, str(src))
-    table = weights.pop("vision_model.embeddings.position_embedding.weight")
-    expected = backbone.state_dict()
-    weights.setdefault("logit_scale", expected["logit_scale"])
-    missing = sorted(
-        set(expected) - set(weights) - {"vision_model.embeddings.position_embedding.weight"}
-    )
-    if missing:
-        raise DataError(f"{src}: no weights for {missing[0]!r} ({len(missing)} missing)")
-    for key, value in weights.items():
-        if key in expected and tuple(value.shape) != tuple(expected[key].shape):
-            raise DataError(
-                f"{src}: {key!r} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
-            )
-    backbone.load_state_dict(weights, strict=False)
-    set_image_size(backbone, (height, width))
-    with torch.no_grad():
-        backbone.vision_model.embeddings.position_embedding.weight.copy_(table)
+    weights.setdefault("logit_scale", backbone.logit_scale.detach())
+    load_converted_weights(backbone, weights, str(src))
     bpe = Path(bpe_path).expanduser() if bpe_path else default_bpe_path()
     if bpe is None:
         raise ConfigError(
