@@ -9,8 +9,8 @@ import torch
 
 from fixtures import COLOURS, person_image
 from tbps.data.tokenization import train_caption_tokenizer
-from tbps.model.factory import scratch_model_spec
 from tbps.model.tbps import TBPSModel
+from tiny_backbones import tiny_spec
 
 NAMES = list(COLOURS)
 CAPTIONS = [f"a person in a {u} shirt and {lo} pants" for u in NAMES for lo in NAMES] * 4
@@ -20,14 +20,7 @@ def tiny_model(seed: int = 0, tse: bool = False) -> TBPSModel:
     """A random scratch CLIP (64x32 input, 24-d embeddings; +8 with token selection)."""
     tokenizer = train_caption_tokenizer(CAPTIONS, vocab_size=200, min_frequency=1)
     torch.manual_seed(seed)
-    spec = scratch_model_spec(
-        tokenizer,
-        (64, 32),
-        patch_size=16,
-        vision={"width": 32, "layers": 1, "heads": 2},
-        text={"width": 32, "layers": 1, "heads": 2, "length": 16},
-        embed_dim=24,
-    )
+    spec = tiny_spec(tokenizer, (64, 32))
     spec["token_selection"] = {"ratio": 0.5, "dim": 8} if tse else None
     return TBPSModel.from_spec(spec, tokenizer=tokenizer).eval()
 

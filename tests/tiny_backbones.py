@@ -11,6 +11,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel, SiglipTokenizer
 
 from tbps.model.convert import clip_bpe_tokenizer, default_bpe_path
+from tbps.model.factory import scratch_model_spec
 
 CAPTIONS = [
     "A woman in a red coat, carrying a black backpack.",
@@ -164,3 +165,15 @@ def write_tiny_siglip(folder: Path, fmt: str = "safetensors", seed: int = 0, **c
     _save(model, folder, fmt)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_spec(tokenizer, image_size=(64, 32)) -> dict:
+    """The spec of a tiny scratch CLIP (32 wide, 1 layer per tower, 16 tokens, 24-d embedding)."""
+    return scratch_model_spec(
+        tokenizer,
+        image_size,
+        patch_size=16,
+        vision={"width": 32, "layers": 1, "heads": 2},
+        text={"width": 32, "layers": 1, "heads": 2, "length": 16},
+        embed_dim=24,
+    )

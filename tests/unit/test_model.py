@@ -8,6 +8,7 @@ from tbps.errors import ConfigError
 from tbps.model.backbone import resize_vision_positions, set_image_size
 from tbps.model.factory import scratch_model_spec
 from tbps.model.tbps import TBPSModel
+from tiny_backbones import tiny_spec
 
 CAPTIONS = [
     "a woman in a red coat with a black backpack",
@@ -18,17 +19,6 @@ CAPTIONS = [
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_caption_tokenizer(CAPTIONS, vocab_size=200, min_frequency=1)
-
-
-def tiny_spec(tokenizer, image_size=(64, 32)):
-    return scratch_model_spec(
-        tokenizer,
-        image_size,
-        patch_size=16,
-        vision={"width": 32, "layers": 1, "heads": 2},
-        text={"width": 32, "layers": 1, "heads": 2, "length": 16},
-        embed_dim=24,
-    )
 
 
 def test_non_square_encoders_are_normalised(tokenizer):

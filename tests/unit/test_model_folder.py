@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 from PIL import Image
-from test_model import tiny_spec
 
 from tbps.data.datasets import Collator
 from tbps.data.tokenization import train_caption_tokenizer
@@ -16,6 +15,7 @@ from tbps.data.transforms import build_image_transforms
 from tbps.errors import DataError
 from tbps.model.tbps import TBPSModel
 from tbps.model.token_selection import fused_embedding
+from tiny_backbones import tiny_spec
 
 CAPTIONS = [
     "A Woman in a red coat with a black backpack",
