@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from tbps.cli import compose_config
 from tbps.data.synthetic import SynthConfig, generate_synthetic_dataset
 from tbps.data.tokenization import train_caption_tokenizer
 from tbps.inference import build_index
@@ -27,15 +28,19 @@ from tbps.model.tbps import TBPSModel
 
 
 def scratch_small() -> TBPSModel:
-    """The default backbone (configs/backbone/scratch_small.yaml), random weights."""
+    """The default backbone as configs/backbone/scratch_small.yaml defines it, random weights."""
+    from omegaconf import OmegaConf
+
+    backbone = OmegaConf.to_container(compose_config("train", ["backbone=scratch_small"]).backbone)
     tokenizer = train_caption_tokenizer(["a man in a red jacket"] * 10, vocab_size=300)
     spec = scratch_model_spec(
         tokenizer,
-        (128, 64),
-        patch_size=16,
-        vision={"width": 256, "layers": 4, "heads": 4},
-        text={"width": 256, "layers": 2, "heads": 4, "length": 48},
-        embed_dim=256,
+        tuple(backbone["image_size"]),
+        patch_size=backbone["patch_size"],
+        vision=backbone["vision"],
+        text=backbone["text"],
+        embed_dim=backbone["embed_dim"],
+        mlp_ratio=backbone["mlp_ratio"],
     )
     return TBPSModel.from_spec(spec, tokenizer=tokenizer).eval()
 
