@@ -81,15 +81,27 @@ def test_checkpoint_of_tbps_0_1_still_evaluates_and_exports(tmp_path, capsys):
     saved = torch.load(ckpt, weights_only=True)
     assert any(k.startswith("heads.tse.") for k in saved["state_dict"])  # the old layout
     assert "token_selection" not in saved["hyper_parameters"]["model_spec"]
-    expected = json.loads((FIXTURE / "metrics.json").read_text())["test"]["best"]
+    # its token-selection head predates RDE's exact TSE: one clear line, nothing written
+    assert main(["eval", f"ckpt_path={ckpt}", f"cache_dir={tmp_path / 'cache'}"]) == 2
+    assert main(["export", f"ckpt_path={ckpt}", f"out={tmp_path / 'old'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("layout before RDE's exact TSE") == 2 and not (tmp_path / "old").exists()
+    # the rest of the 0.1 format still loads: the same run without that head
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    saved["state_dict"] = {k: v for k, v in saved["state_dict"].items() if "tse" not in k}
+    saved["hyper_parameters"]["objectives"]["tal"]["tse"] = False
+    ckpt = run / "checkpoints" / "best.ckpt"
+    torch.save(saved, ckpt)
     # no data= given: the run's own data section (its config.yaml) is evaluated
-    _same_metrics(_eval(tmp_path, f"ckpt_path={ckpt}", [], "ckpt"), expected)
+    expected = _eval(tmp_path, f"ckpt_path={ckpt}", [], "ckpt")
     assert "synthetic test" in capsys.readouterr().out
+    assert expected["t2i"]["R1"] > 0
     folder = tmp_path / "model"
     assert main(["export", f"ckpt_path={ckpt}", f"out={folder}"]) == 0
     _same_metrics(_eval(tmp_path, f"model={folder}", [], "folder"), expected)
     assert TBPSModel.from_pretrained(folder).info["data"]["synth"]["num_identities"] == 40
-    assert TBPSModel.from_pretrained(folder).token_selection is not None
+    assert TBPSModel.from_pretrained(folder).token_selection is None
     # a failure report from tbps eval, e.g. for a cross-domain check
     page = tmp_path / "cross" / "failures.html"
     args = [f"model={folder}", f"cache_dir={tmp_path / 'cache'}", "report.failures=3"]

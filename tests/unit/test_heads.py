@@ -6,11 +6,14 @@ import pytest
 import torch
 
 from objective_fixtures import EOS, LENGTH, captions, clip_spec, siglip_spec
+from tbps.model import token_selection
 from tbps.model.tbps import TBPSModel
 from tbps.model.token_selection import (
     TokenSelectionEmbedding,
     TokenSelectionHead,
     fused_embedding,
+    select_tokens,
+    selection_size,
 )
 from tbps.training.heads import IdentityClassifier, MLMHead, SimCLRProjector, attention_heads
 
@@ -63,94 +66,126 @@ def test_simclr_projector_shape():
     assert SimCLRProjector(24)(torch.randn(5, 24)).shape == (5, 24)
 
 
-def test_token_selection_keeps_the_top_ratio_of_selectable_tokens():
-    torch.manual_seed(0)
-    tse = TokenSelectionEmbedding(token_width=6, embed_dim=8, ratio=0.5)
-    scores = torch.tensor([[0.0, 0.9, 0.1, 0.5, 0.7, 0.2], [0.0, 0.1, 0.8, 0.3, 0.0, 0.0]])
-    selectable = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 0, 0]], dtype=torch.bool)
-    indices, keep = tse.select(scores, selectable)
-    # sample 0: 5 selectable -> 2 kept (1, 4); sample 1: 3 selectable -> 1 kept (2)
-    assert indices[0, :2].tolist() == [1, 4] and keep[0].tolist() == [True, True]
-    assert indices[1, 0].item() == 2 and keep[1].tolist() == [True, False]
-    tokens = torch.randn(2, 6, 6)
-    out = tse(tokens, scores, selectable)
-    assert out.shape == (2, 8)
-
-    def embed(x):
-        x = torch.nn.functional.normalize(x, dim=-1)
-        return tse.linear(x) + tse.mlp(x)
-
-    assert torch.allclose(out[0], embed(tokens[0, [1, 4]]).max(dim=0).values, atol=1e-6)
-    assert torch.allclose(out[1], embed(tokens[1, [2]])[0], atol=1e-6)
-    # tokens that are not selected do not matter
-    changed = tokens.clone()
-    changed[0, [0, 2, 3, 5]] = 50.0
-    assert torch.allclose(tse(changed, scores, selectable)[0], out[0])
+def test_selection_ranks_selectable_tokens_and_counts_at_most_n():
+    scores = torch.tensor([[0.0, 0.9, 0.1, 0.5, 0.7, 0.2], [0.9, 0.1, 0.8, 0.3, 0.0, 0.0]])
+    selectable = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    indices, keep = select_tokens(scores, selectable, k=3)
+    assert indices[0].tolist() == [1, 4, 3] and keep[0].tolist() == [True] * 3
+    # 2 selectable of k=3: both ranked first (the 0.9 of a non-selectable token ranks last)
+    assert indices[1, :2].tolist() == [2, 1] and keep[1].tolist() == [True, True, False]
     with pytest.raises(ValueError, match="no selectable token"):
-        tse.select(scores, torch.zeros_like(selectable))
+        select_tokens(scores, torch.zeros_like(selectable), k=2)
+    assert selection_size(0.3, 192) == 57 and selection_size(0.3, 75) == 22  # RDE's k
+    assert selection_size(0.3, 2) == 1
+
+
+def test_branch_is_the_max_of_linear_plus_mlp_over_kept_normalised_tokens():
+    torch.manual_seed(0)
+    branch = TokenSelectionEmbedding(token_width=6, embed_dim=8)
+    bn = branch.mlp.bn
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.normal_()
+    branch.eval()
+    tokens = torch.randn(2, 3, 6) * 4
+    keep = torch.tensor([[True, True, True], [True, False, False]])
+    out = branch(tokens, keep)
+
+    def embed(x):  # from the formula, eval-mode BatchNorm written out
+        x = x / x.norm(dim=-1, keepdim=True)
+        h = x @ branch.mlp.fc1.weight.T + branch.mlp.fc1.bias
+        h = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+        mlp = h.clamp(min=0) @ branch.mlp.fc2.weight.T + branch.mlp.fc2.bias
+        return x @ branch.linear.weight.T + branch.linear.bias + mlp
+
+    assert torch.allclose(out[0], embed(tokens[0]).max(dim=0).values, atol=1e-5)
+    assert torch.allclose(out[1], embed(tokens[1, :1])[0], atol=1e-5)
+    changed = tokens.clone()
+    changed[1, 1:] = 50.0  # tokens that do not count do not matter
+    assert torch.allclose(branch(changed, keep)[1], out[1])
 
 
 def _eager_last_attention(tower, **inputs):
     return tower(**inputs, output_attentions=True).attentions[-1].mean(dim=1)  # (B, N, N)
 
 
-def test_clip_importance_equals_the_last_layer_attention():
+def _record_selection(monkeypatch):
+    """Spy on select_tokens: the (scores, selectable, k) and result of each call."""
+    calls = []
+
+    def spy(scores, selectable, k):
+        result = select_tokens(scores, selectable, k)
+        calls.append((scores, selectable, k, result))
+        return result
+
+    monkeypatch.setattr(token_selection, "select_tokens", spy)
+    return calls
+
+
+def test_clip_importance_equals_the_last_layer_attention(monkeypatch):
     torch.manual_seed(0)
     model = TBPSModel.from_spec(clip_spec()).eval()
-    head = TokenSelectionHead(model.vision_width, model.text_width, 16, ratio=0.5).eval()
+    head = TokenSelectionHead(model.embed_dim, 16, ratio=0.5).eval()
     images = torch.randn(3, 3, 32, 16)
     ids, mask = captions(3)
-    recorded = {}
-
-    def record(name):
-        def hook(module, args):
-            recorded[name] = args[1]
-
-        return hook
-
-    handles = [head.image.register_forward_pre_hook(record("image"))]
-    handles.append(head.text.register_forward_pre_hook(record("text")))
+    calls = _record_selection(monkeypatch)
     _, image_tse = head.encode_image(model, images)
     _, text_tse = head.encode_text(model, ids, mask)
-    for h in handles:
-        h.remove()
     assert image_tse.shape == text_tse.shape == (3, 16)
+    (image_scores, _, image_k, _), (text_scores, _, text_k, _) = calls
+    assert image_k == int(0.5 * 2) and text_k == int(0.5 * (LENGTH - 2))  # 2 patches
 
     model.hf.set_attn_implementation("eager")
     vision = _eager_last_attention(model.hf.vision_model, pixel_values=images)
-    assert torch.allclose(recorded["image"], vision[:, 0], atol=1e-5)  # class token's row
+    assert torch.allclose(image_scores, vision[:, 0], atol=1e-5)  # class token's row
     text = _eager_last_attention(model.hf.text_model, input_ids=ids, attention_mask=mask)
     eos = (ids == EOS).int().argmax(dim=1)
-    assert torch.allclose(recorded["text"], text[torch.arange(3), eos], atol=1e-5)
+    assert torch.allclose(text_scores, text[torch.arange(3), eos], atol=1e-5)
 
 
-def test_text_selection_skips_special_and_padding_tokens():
+def test_tse_tokens_are_the_projected_token_features(monkeypatch):
+    torch.manual_seed(3)
+    model = TBPSModel.from_spec(clip_spec()).eval()
+    head = TokenSelectionHead(model.embed_dim, 16, ratio=1.0).eval()
+    ids, mask = captions(2)
+    images = torch.randn(2, 3, 32, 16)
+    calls = _record_selection(monkeypatch)
+    seen = []
+    for branch in (head.image, head.text):
+        monkeypatch.setattr(branch, "forward", lambda tokens, keep: seen.append(tokens))
+    head.encode_image(model, images)
+    head.encode_text(model, ids, mask)
+    hf = model.hf
+    vision = hf.vision_model(pixel_values=images).last_hidden_state
+    expected_image = hf.vision_model.post_layernorm(vision) @ hf.visual_projection.weight.T
+    text = hf.text_model(input_ids=ids, attention_mask=mask).last_hidden_state  # after ln_final
+    expected_text = text @ hf.text_projection.weight.T
+    rows = torch.arange(2)[:, None]
+    for (_, _, _, (indices, _)), tokens, expected in zip(
+        calls, seen, (expected_image, expected_text)
+    ):
+        assert tokens.shape[-1] == model.embed_dim
+        assert torch.allclose(tokens, expected[rows, indices], atol=1e-5)
+
+
+def test_text_selection_skips_special_and_padding_tokens(monkeypatch):
     torch.manual_seed(1)
     model = TBPSModel.from_spec(clip_spec()).eval()
-    head = TokenSelectionHead(model.vision_width, model.text_width, 16, ratio=1.0).eval()
+    head = TokenSelectionHead(model.embed_dim, 16, ratio=1.0).eval()
     ids, mask = captions(3)
-    seen = {}
-    head.text.select = _spy(head.text.select, seen)
+    calls = _record_selection(monkeypatch)
     head.encode_text(model, ids, mask)
-    indices, keep = seen["result"]
+    _, _, _, (indices, keep) = calls[0]
     for i in range(3):
         chosen = set(indices[i][keep[i]].tolist())
         words = {j for j in range(LENGTH) if mask[i, j] and ids[i, j] > EOS}
-        assert chosen == words  # ratio 1: exactly the real, non-special tokens
-
-
-def _spy(fn, seen):
-    def wrapper(*args):
-        seen["result"] = fn(*args)
-        return seen["result"]
-
-    return wrapper
+        assert chosen == words  # k = L - 2 >= n: exactly the real, non-special tokens
 
 
 def test_siglip_tse_uses_the_probe_attention():
     torch.manual_seed(2)
     model = TBPSModel.from_spec(siglip_spec()).eval()
-    head = TokenSelectionHead(model.vision_width, model.text_width, 12, ratio=0.3).eval()
+    head = TokenSelectionHead(model.embed_dim, 12, ratio=0.3).eval()
     images = torch.randn(2, 3, 32, 16)
     out, tse = head.encode_image(model, images)
     assert out.tokens.shape == (2, 2, model.vision_width) and tse.shape == (2, 12)

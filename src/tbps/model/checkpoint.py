@@ -14,6 +14,7 @@ from tbps.data.tokenization import tokenizer_from_json
 from tbps.errors import DataError
 from tbps.model.pretrained import load_state_strictly
 from tbps.model.tbps import TBPSModel
+from tbps.model.token_selection import reject_legacy_layout
 
 #: state-dict prefixes renamed since tbps 0.1 wrote its first checkpoints (old -> new)
 _RENAMED_PREFIXES = {"heads.tse.": "model.token_selection."}
@@ -102,6 +103,7 @@ def model_from_checkpoint(path: str | os.PathLike) -> TBPSModel:
         for k, v in upgrade_state_dict(ckpt["state_dict"]).items()
         if k.startswith("model.")
     }
+    reject_legacy_layout(state, str(path))
     load_state_strictly(model, state, str(path))
     model.info = checkpoint_info(Path(path))
     return model.eval()

@@ -36,7 +36,11 @@ from tbps.model.finetune import (
     unwrap,
 )
 from tbps.model.pretrained import load_state_strictly
-from tbps.model.token_selection import TokenSelectionHead, fused_embedding
+from tbps.model.token_selection import (
+    TokenSelectionHead,
+    fused_embedding,
+    reject_legacy_layout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +137,7 @@ class TBPSModel(nn.Module):
         """Give the model RDE's token-selection head (``dim`` None: the embedding width)."""
         if self.token_selection is not None:
             raise ValueError("the model already has a token-selection head")
-        head = TokenSelectionHead(self.vision_width, self.text_width, dim or self.embed_dim, ratio)
+        head = TokenSelectionHead(self.embed_dim, dim or self.embed_dim, ratio)
         self.token_selection = head.to(self.hf.logit_scale.device)
         return self.token_selection
 
@@ -142,8 +146,8 @@ class TBPSModel(nn.Module):
         """``{"ratio", "dim"}`` of the token-selection head (None without one)."""
         if self.token_selection is None:
             return None
-        head = self.token_selection.image
-        return {"ratio": float(head.ratio), "dim": head.linear.out_features}
+        head = self.token_selection
+        return {"ratio": float(head.ratio), "dim": head.embed_dim}
 
     # -- architecture -------------------------------------------------------------------------
     @property
@@ -209,6 +213,18 @@ class TBPSModel(nn.Module):
             embeds = hf.text_projection(embeds)
         return TowerOutput(embeds, out.last_hidden_state if tokens else None)
 
+    def image_token_features(self, states: torch.Tensor) -> torch.Tensor:
+        """Image token states (``TowerOutput.tokens``, any (..., width)) in the embedding space:
+        CLIP's ``visual_projection`` (the class token's path); SigLIP's are already there."""
+        return self.hf.visual_projection(states) if self.kind == "clip" else states
+
+    def text_token_features(self, states: torch.Tensor) -> torch.Tensor:
+        """Text token states in the embedding space: CLIP's ``text_projection``, SigLIP's text
+        head (the pooled token's path)."""
+        if self.kind == "clip":
+            return self.hf.text_projection(states)
+        return self.hf.text_model.head(states)
+
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_forward(images).embeds
 
@@ -236,7 +252,7 @@ class TBPSModel(nn.Module):
         """Width D' of ``encode_images``/``encode_texts`` (embed_dim, plus the TSE width)."""
         if self.token_selection is None:
             return self.embed_dim
-        return self.embed_dim + self.token_selection.image.linear.out_features
+        return self.embed_dim + self.token_selection.embed_dim
 
     @property
     def device(self) -> torch.device:
@@ -415,6 +431,7 @@ class TBPSModel(nn.Module):
             state = load_file(str(weights))
         except (OSError, SafetensorError) as e:
             raise DataError(f"cannot read weights {weights}: {e}") from e
+        reject_legacy_layout(state, str(weights))
         load_state_strictly(model, state, str(weights))
         model.info = dict(spec.get("info") or {})
         if device is not None:

@@ -4,68 +4,81 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tbps.errors import DataError
+
 if TYPE_CHECKING:
     from tbps.model.tbps import TBPSModel, TowerOutput
 
+#: a key only the token-selection head of tbps before RDE's exact layout had (no BatchNorm)
+LEGACY_LAYOUT_KEY = "token_selection.image.mlp.0.weight"
+
+
+def selection_size(ratio: float, slots: int) -> int:
+    """k = int(ratio * slots), at least 1: RDE's fixed number of selected tokens (image: the
+    patches, e.g. int(0.3 * 192) = 57; text: the context minus start and end, int(0.3 * 75) = 22)."""
+    return max(1, int(ratio * slots))
+
+
+class TokenMLP(nn.Module):
+    """Linear -> BatchNorm -> ReLU -> Linear on each token of (B, K, W); the BatchNorm sees the
+    B*K tokens as one batch (RDE's MLP)."""
+
+    def __init__(self, width: int, hidden: int, out: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.fc2 = nn.Linear(hidden, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        hidden = self.bn(self.fc1(x).reshape(batch * tokens, -1)).relu()
+        return self.fc2(hidden).reshape(batch, tokens, -1)
+
 
 class TokenSelectionEmbedding(nn.Module):
-    """RDE's token selection embedding (TSE) for one modality.
+    """One modality of RDE's TSE: ``max_k (linear(x_k) + mlp(x_k))`` over the selected tokens.
 
-    The ``ratio`` most important tokens of each sample (importance = the pooled token's attention
-    to them in the tower's last layer, see :func:`pooled_token_attention`) are L2-normalised,
-    embedded by ``linear(x) + mlp(x)`` and max-pooled into one (B, embed_dim) vector.
-    A sample with n selectable tokens keeps max(1, floor(ratio * n)) of them.
+    x_k are the selected tokens, already in the embedding space (after the tower's final
+    LayerNorm and projection) and L2-normalised here.
     """
 
-    def __init__(self, token_width: int, embed_dim: int, ratio: float = 0.3) -> None:
+    def __init__(self, token_width: int, embed_dim: int) -> None:
         super().__init__()
-        if not 0.0 < ratio <= 1.0:
-            raise ValueError(f"token selection ratio must be in (0, 1], got {ratio}")
-        self.ratio = ratio
         self.linear = nn.Linear(token_width, embed_dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(token_width, embed_dim // 2),
-            nn.ReLU(inplace=True),
-            nn.Linear(embed_dim // 2, embed_dim),
-        )
+        self.mlp = TokenMLP(token_width, embed_dim // 2, embed_dim)
 
-    def select(self, scores: torch.Tensor, selectable: torch.Tensor):
-        """(indices (B, K), keep (B, K) bool) of the top tokens by score among the selectable.
+    def forward(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """tokens (B, K, W) selected, keep (B, K) bool: which of them count -> (B, embed_dim)."""
+        tokens = F.normalize(tokens, dim=-1)
+        embedded = self.linear(tokens) + self.mlp(tokens)
+        return embedded.masked_fill(~keep[..., None], float("-inf")).max(dim=1).values
 
-        K is the largest kept count of the batch; while exporting (ONNX, torch.export) it is
-        every token (N), since K depends on the data: the kept rows, and so the result, are
-        the same.
-        """
-        counts = selectable.sum(dim=1)
-        keep_counts = (counts.float() * self.ratio).floor().long().clamp(min=1)
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            top = scores.shape[1]
-        else:
-            if bool((counts == 0).any()):
-                raise ValueError("token selection: a sample has no selectable token")
-            top = int(keep_counts.max())
-        masked = scores.float().masked_fill(~selectable, float("-inf"))
-        indices = masked.topk(top, dim=1).indices
-        keep = torch.arange(top, device=scores.device)[None, :] < keep_counts[:, None]
-        return indices, keep
 
-    def forward(
-        self, tokens: torch.Tensor, scores: torch.Tensor, selectable: torch.Tensor
-    ) -> torch.Tensor:
-        """tokens (B, N, W), importance scores (B, N), selectable (B, N) bool -> (B, embed_dim)."""
-        indices, keep = self.select(scores, selectable.bool())
-        picked = tokens.gather(1, indices[..., None].expand(-1, -1, tokens.shape[-1]))
-        picked = F.normalize(picked, dim=-1)
-        embedded = self.linear(picked) + self.mlp(picked)
-        embedded = embedded.masked_fill(~keep[..., None], float("-inf"))
-        return embedded.max(dim=1).values
+def select_tokens(
+    scores: torch.Tensor, selectable: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices (B, k), keep (B, k) bool): the k best tokens by score, non-selectable ones
+    ranked last (score -1 against attention probabilities in [0, 1]); of a sample with n
+    selectable tokens only the first min(n, k) count."""
+    counts = selectable.sum(dim=1)
+    exporting = torch.compiler.is_compiling() or torch.jit.is_tracing()
+    if not exporting and bool((counts == 0).any()):
+        raise ValueError("token selection: a sample has no selectable token")
+    indices = scores.float().masked_fill(~selectable, -1.0).topk(k, dim=1).indices
+    keep = torch.arange(k, device=scores.device)[None, :] < counts[:, None]
+    return indices, keep
+
+
+def gather_tokens(states: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """states (B, N, W), indices (B, K) -> (B, K, W)."""
+    return states.gather(1, indices[..., None].expand(-1, -1, states.shape[-1]))
 
 
 def pooled_token_attention(
@@ -78,16 +91,20 @@ def pooled_token_attention(
 
     Recomputed from the layer's own q/k projections (``q_proj``, ``k_proj``, ``num_heads``,
     ``head_dim``, ``scale``: the Hugging Face CLIP/SigLIP attention layout) on the hidden
-    states that entered the attention, because SDPA attention returns no weights.
+    states that entered the attention, because SDPA attention returns no weights. The query is
+    scaled before the product and the logits are float32, so half precision cannot overflow.
     ``key_mask`` (B, N), 1 = the token may be attended to (padding and causal future excluded).
     """
     batch = hidden_states.shape[0]
     rows = torch.arange(batch, device=hidden_states.device)
     query_states = hidden_states[rows, query_index]  # (B, W)
     heads, head_dim = attention.num_heads, attention.head_dim
-    q = attention.q_proj(query_states).view(batch, heads, 1, head_dim)
-    k = attention.k_proj(hidden_states).view(batch, -1, heads, head_dim).transpose(1, 2)
-    logits = (q @ k.transpose(-1, -2)).squeeze(2).float() * attention.scale  # (B, H, N)
+    q = attention.q_proj(query_states).float() * attention.scale
+    k = attention.k_proj(hidden_states).float()
+    q = q.view(batch, heads, 1, head_dim)
+    k = k.view(batch, -1, heads, head_dim).transpose(1, 2)
+    with torch.autocast(hidden_states.device.type, enabled=False):
+        logits = (q @ k.transpose(-1, -2)).squeeze(2)  # (B, H, N)
     if key_mask is not None:
         logits = logits.masked_fill(~key_mask.bool()[:, None, :], float("-inf"))
     return logits.softmax(dim=-1).mean(dim=1)
@@ -142,21 +159,43 @@ def _special_ids(model: TBPSModel) -> list[int]:
 class TokenSelectionHead(nn.Module):
     """RDE's TSE for both towers of a :class:`TBPSModel`, with the importance scores it needs.
 
-    Importance = attention of the pooled token to each token in the tower's last layer, averaged
+    Tokens: the towers' per-token features in the embedding space (final LayerNorm, then the
+    projection: :meth:`TBPSModel.image_token_features` / ``text_token_features``).
+    Importance: the pooled token's attention to each token in the tower's last layer, averaged
     over heads. SDPA returns no attention weights, so the last layer's attention input is
     captured with a forward pre-hook and its q/k projections are re-applied for the pooled query
-    only (cheap: one query row per sample, no gradient). SigLIP's image tower pools with an
-    attention probe instead of a class token: its probe attention is the importance.
-    Selectable tokens: image patches (not CLIP's class token); caption tokens that are real
-    (attention mask) and not special (bos/eos/pad ids).
+    only (one query row per sample, no gradient). SigLIP's image tower pools with an attention
+    probe instead of a class token: its probe attention is the importance.
+    Image: the k = int(ratio * patches) best patches (CLIP's class token excluded). Text: the
+    k = int(ratio * (context - 2)) best real tokens that are not special (bos/eos/pad), of which
+    only the first min(n, k) count for a caption with n such tokens.
+    Branches: ``image`` and ``text`` (:class:`TokenSelectionEmbedding`).
     """
 
-    def __init__(
-        self, vision_width: int, text_width: int, embed_dim: int, ratio: float = 0.3
-    ) -> None:
+    def __init__(self, token_width: int, embed_dim: int, ratio: float = 0.3) -> None:
         super().__init__()
-        self.image = TokenSelectionEmbedding(vision_width, embed_dim, ratio)
-        self.text = TokenSelectionEmbedding(text_width, embed_dim, ratio)
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"token selection ratio must be in (0, 1], got {ratio}")
+        self.ratio = ratio
+        self.image = TokenSelectionEmbedding(token_width, embed_dim)
+        self.text = TokenSelectionEmbedding(token_width, embed_dim)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.image.linear.out_features
+
+    def _embed(
+        self,
+        branch: TokenSelectionEmbedding,
+        project: Callable[[torch.Tensor], torch.Tensor],
+        states: torch.Tensor,
+        scores: torch.Tensor,
+        selectable: torch.Tensor,
+        k: int,
+    ) -> torch.Tensor:
+        indices, keep = select_tokens(scores, selectable, k)
+        # project only the selected tokens: the projection acts per token
+        return branch(project(gather_tokens(states, indices)), keep)
 
     def encode_image(
         self, model: TBPSModel, images: torch.Tensor
@@ -182,7 +221,10 @@ class TokenSelectionHead(nn.Module):
                 scores = pooled_token_attention(attention, hidden.detach(), query)
             selectable = torch.ones_like(scores, dtype=torch.bool)
             selectable[:, 0] = False  # the class token is what pools, not a part
-        return out, self.image(out.tokens, scores, selectable)
+        patches = scores.shape[1] - (0 if model.kind == "siglip" else 1)
+        k = selection_size(self.ratio, patches)
+        tse = self._embed(self.image, model.image_token_features, out.tokens, scores, selectable, k)
+        return out, tse
 
     def encode_text(
         self, model: TBPSModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -208,7 +250,20 @@ class TokenSelectionHead(nn.Module):
         selectable = real & ~(input_ids[..., None] == special).any(-1)  # isin does not export
         empty = ~selectable.any(dim=1)  # an empty caption: fall back to its real tokens
         selectable = selectable | (empty[:, None] & real)  # bool Where does not run in ORT
-        return out, self.text(out.tokens, scores, selectable)
+        k = selection_size(self.ratio, input_ids.shape[1] - 2)  # the context minus start, end
+        tse = self._embed(self.text, model.text_token_features, out.tokens, scores, selectable, k)
+        return out, tse
+
+
+def reject_legacy_layout(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """One clear error for weights of the token-selection head tbps had before it became RDE's
+    (unprojected tokens, no BatchNorm): they cannot be mapped onto today's head."""
+    if LEGACY_LAYOUT_KEY in state:
+        raise DataError(
+            f"{source}: its token-selection head is tbps's layout before RDE's exact TSE "
+            "(unprojected tokens, an MLP without BatchNorm); those weights do not fit today's "
+            "head: train the model again (objectives=rde)"
+        )
 
 
 def fused_embedding(global_embeds: torch.Tensor, tse_embeds: torch.Tensor) -> torch.Tensor:
