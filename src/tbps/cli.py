@@ -336,7 +336,7 @@ def _check(cfg) -> int:
 
 def _convert(cfg) -> None:
     from tbps.model.convert import convert_clip_checkpoint
-    from tbps.model.published import METHODS, convert_irra, detect_method
+    from tbps.model.published import METHODS, NAMES, convert_published, detect_method
 
     _check_required(cfg, ["src", "out"], "tbps convert src=ViT-B-16.pt out=DIR")
     source = cfg["from"]
@@ -344,10 +344,13 @@ def _convert(cfg) -> None:
         raise ConfigError(f"from={source!r}; valid: auto, openai, open_clip, {', '.join(METHODS)}")
     if source == "auto":
         source = detect_method(cfg.src) or "openai"
-    if source == "irra":
+    if source in METHODS:
         size = None if cfg.image_size is None else tuple(cfg.image_size)
-        out = convert_irra(cfg.src, cfg.out, image_size=size, bpe_path=cfg.bpe)
-        print(f"IRRA model folder written to {out}; tbps eval model={out} data=... , tbps index model={out} ...")
+        out = convert_published(source, cfg.src, cfg.out, image_size=size, bpe_path=cfg.bpe)
+        print(
+            f"{NAMES[source]} model folder written to {out}; "
+            f"tbps eval model={out} data=... , tbps index model={out} ..."
+        )
         return
     out = convert_clip_checkpoint(
         cfg.src,

@@ -277,14 +277,9 @@ def clip_bpe_tokenizer(bpe_path: str | os.PathLike) -> CLIPTokenizer:
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
 
 
-def default_bpe_path() -> Path | None:
-    """CLIP's merges file as shipped by an installed ``open_clip`` (None when absent)."""
-    try:
-        import open_clip
-    except ImportError:
-        return None
-    path = Path(open_clip.__file__).parent / CLIP_BPE_FILE
-    return path if path.is_file() else None
+def default_bpe_path() -> Path:
+    """CLIP's merges file shipped with tbps (MIT-licensed, ``tbps/model/assets``)."""
+    return Path(__file__).parent / "assets" / CLIP_BPE_FILE
 
 
 def convert_clip_checkpoint(
@@ -317,16 +312,15 @@ def convert_clip_checkpoint(
     model.save_pretrained(out)
     vocab = config.text_config.vocab_size
     bpe = Path(bpe_path).expanduser() if bpe_path else default_bpe_path()
-    if vocab == CLIP_BPE_MERGES + 2 * 256 + 2 and bpe is not None:
+    if vocab == CLIP_BPE_MERGES + 2 * 256 + 2:
         clip_bpe_tokenizer(bpe).save_pretrained(out)
         log.info("wrote CLIP's BPE tokenizer from %s", bpe)
     else:
         log.warning(
-            "no tokenizer written to %s (vocabulary %d%s): add the model's tokenizer files "
-            "before using the folder as backbone.path",
+            "no tokenizer written to %s (vocabulary %d is not CLIP's): add the model's "
+            "tokenizer files before using the folder as backbone.path",
             out,
             vocab,
-            "" if bpe is not None else f"; pass bpe={CLIP_BPE_FILE} path",
         )
     log.info(
         "converted %s -> %s (vision %dx%d/%d, %d+%d layers)",
