@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tbps.losses.common import as_float, weighted_mean
+from tbps.losses.common import as_float, float32_loss, weighted_mean
 
 IGNORE_INDEX = -100
 
 
+@float32_loss
 def id_loss(
     image_logits: torch.Tensor,
     text_logits: torch.Tensor,
@@ -26,6 +27,7 @@ def id_loss(
     return 0.5 * (weighted_mean(image, weights) + weighted_mean(text, weights))
 
 
+@float32_loss
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Masked language modelling: CE over the positions whose label is not -100.
 

@@ -15,13 +15,14 @@ Common options of the cross-modal objectives:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 
 from tbps.errors import ConfigError
 from tbps.losses.classification import id_loss, mlm_loss
+from tbps.losses.common import as_float, float32_region
 from tbps.losses.consistency import citc
 from tbps.losses.contrastive import CMPM_TARGET_NORMS, cmpm, itc, nitc, ritc, sdm, sigmoid_nitc
 from tbps.losses.selfsup import simclr
@@ -69,6 +70,13 @@ class LossInputs:
     def gathered(self, gather: Callable[[dict], dict]) -> LossInputs:
         """A copy whose per-sample tensors are replaced by ``gather({name: tensor})``."""
         return replace(self, **gather({name: getattr(self, name) for name in self.GATHERED}))
+
+    def in_float32(self) -> LossInputs:
+        """A copy whose half-precision (autocast) tensors are promoted to float32."""
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(
+            self, **{n: as_float(t) for n, t in tensors.items() if isinstance(t, torch.Tensor)}
+        )
 
 
 CrossModalFn = Callable[[torch.Tensor, torch.Tensor, LossInputs, Mapping[str, Any]], torch.Tensor]
@@ -349,7 +357,21 @@ def compute_losses(
     ``objectives`` as returned by :func:`resolve_objectives` (a bare weight is accepted for
     the parameterless defaults). Batch-level objectives read ``global_inputs`` (the cross-rank
     gathered batch under DDP) when given; per-sample ones (ID, MLM) the local ``inputs``.
+    Every objective runs in float32, autocast or not (:func:`float32_region`).
     """
+    with float32_region(inputs.image_feats.device):
+        return _compute_losses(
+            objectives,
+            inputs.in_float32(),
+            None if global_inputs is None else global_inputs.in_float32(),
+        )
+
+
+def _compute_losses(
+    objectives: Mapping[str, Mapping[str, Any] | float],
+    inputs: LossInputs,
+    global_inputs: LossInputs | None,
+) -> dict[str, torch.Tensor]:
     terms: dict[str, torch.Tensor] = {}
     for name, params in objectives.items():
         if not isinstance(params, Mapping):

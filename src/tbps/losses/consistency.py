@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from tbps.losses.common import Scalar, normalized
+from tbps.losses.common import Scalar, float32_loss, normalized
 
 
+@float32_loss
 def citc(
     image_feats: torch.Tensor,
     text_feats: torch.Tensor,

@@ -19,8 +19,10 @@ from tbps.losses.common import (
     as_float,
     cosine_logits,
     detached,
+    float32_loss,
     identity_targets,
     kl_to_targets,
+    loss_dtype,
     normalized,
     same_identity,
     soft_cross_entropy,
@@ -28,6 +30,7 @@ from tbps.losses.common import (
 )
 
 
+@float32_loss
 def itc(
     image_feats: torch.Tensor,
     text_feats: torch.Tensor,
@@ -44,6 +47,7 @@ def itc(
     return 0.5 * (weighted_mean(per_row[0], weights) + weighted_mean(per_row[1], weights))
 
 
+@float32_loss
 def sdm(
     image_feats: torch.Tensor,
     text_feats: torch.Tensor,
@@ -66,6 +70,7 @@ def sdm(
 CMPM_TARGET_NORMS = ("l2", "l1")
 
 
+@float32_loss
 def cmpm(
     image_feats: torch.Tensor,
     text_feats: torch.Tensor,
@@ -94,7 +99,7 @@ def cmpm(
     if target_norm == "l1":
         q = identity_targets(pids, i2t.dtype)
     else:
-        same = same_identity(pids).to(i2t.dtype)
+        same = same_identity(pids).to(loss_dtype(i2t.dtype))
         q = same / same.norm(dim=1, keepdim=True)
     log_q = torch.log(q + epsilon)
     return weighted_mean(kl_to_targets(i2t, log_q), weights) + weighted_mean(
@@ -102,6 +107,7 @@ def cmpm(
     )
 
 
+@float32_loss
 def nitc(
     image_feats: torch.Tensor,
     text_feats: torch.Tensor,
@@ -140,6 +146,7 @@ def nitc(
     return 0.5 * (i2t + t2i)
 
 
+@float32_loss
 def sigmoid_nitc(
     image_feats: torch.Tensor,
     text_feats: torch.Tensor,
@@ -161,7 +168,7 @@ def sigmoid_nitc(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     logits = cosine_logits(image_feats, text_feats, logit_scale, logit_bias)
-    positives = same_identity(pids)
+    positives = same_identity(pids).to(loss_dtype(logits.dtype))
     if alpha > 0:
         f_bar = image_feats if image_feats_target is None else image_feats_target
         g_bar = text_feats if text_feats_target is None else text_feats_target
@@ -169,16 +176,15 @@ def sigmoid_nitc(
             soft = cosine_logits(
                 f_bar.detach(), g_bar.detach(), detached(logit_scale), detached(logit_bias)
             )
-            targets = alpha * torch.sigmoid(soft.to(logits.dtype)) + (1 - alpha) * positives.to(
-                logits.dtype
-            )
+            targets = alpha * torch.sigmoid(soft.to(positives.dtype)) + (1 - alpha) * positives
         pair_loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     else:
-        signs = positives.to(logits.dtype) * 2 - 1
+        signs = positives * 2 - 1
         pair_loss = -F.logsigmoid(signs * logits)
     return weighted_mean(pair_loss.sum(dim=1), weights)
 
 
+@float32_loss
 def ritc(
     image_feats: torch.Tensor,
     text_feats: torch.Tensor,
@@ -200,7 +206,7 @@ def ritc(
     """
     if logit_bias is not None:
         logits = cosine_logits(image_feats, text_feats, logit_scale, logit_bias)
-        y = same_identity(pids).to(logits.dtype)
+        y = same_identity(pids).to(loss_dtype(logits.dtype))  # bf16: 1 - 0.01 = 0.988, 1 - 1e-3 = 1
         q = (1 - eps) * y + eps * (1 - y)
         log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
         pair_kl = log_p.exp() * (log_p - q.log()) + log_not_p.exp() * (log_not_p - (1 - q).log())

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tbps.losses.common import normalized
+from tbps.losses.common import float32_loss, normalized
 
 
+@float32_loss
 def simclr(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """NT-Xent over the 2B projected views (normalised inside).
 

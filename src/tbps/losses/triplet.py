@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tbps.losses.common import normalized, same_identity, weighted_mean
+from tbps.losses.common import float32_loss, normalized, same_identity, weighted_mean
 
 
 def _tal_rows(sim: torch.Tensor, positives: torch.Tensor, margin: float, tau: float):
@@ -22,6 +22,7 @@ def _tal_rows(sim: torch.Tensor, positives: torch.Tensor, margin: float, tau: fl
     return torch.where(has_negative, hinge, torch.zeros_like(hinge))
 
 
+@float32_loss
 def tal(
     image_feats: torch.Tensor,
     text_feats: torch.Tensor,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from tbps.losses.common import as_float, float32_region
 
 
 class IdentityClassifier(nn.Module):
@@ -21,8 +24,13 @@ class IdentityClassifier(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:
-        """(B, D) raw embeddings -> (B, num_classes) logits."""
-        return self.linear(embeds)
+        """(B, D) raw embeddings -> (B, num_classes) logits, float32 even under autocast.
+
+        The logits go straight into the cross-entropy, so the (small) layer skips autocast.
+        """
+        weight, bias = as_float(self.linear.weight), as_float(self.linear.bias)
+        with float32_region(embeds.device):
+            return F.linear(as_float(embeds), weight, bias)
 
 
 class QuickGELU(nn.Module):
