@@ -42,8 +42,8 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
 
     original = run_module._callbacks
 
-    def with_interrupt(cfg, run_dir):
-        checkpoint, callbacks = original(cfg, run_dir)
+    def with_interrupt(*args):
+        checkpoint, callbacks = original(*args)
         return checkpoint, [*callbacks, InterruptAtEpoch(2)]
 
     monkeypatch.setattr(run_module, "_callbacks", with_interrupt)

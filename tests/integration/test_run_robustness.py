@@ -29,8 +29,8 @@ class CtrlCAtEpoch(Callback):
 def _with_callback(monkeypatch, callback):
     original = run_module._callbacks
 
-    def patched(cfg, run_dir):
-        checkpoint, callbacks = original(cfg, run_dir)
+    def patched(*args):
+        checkpoint, callbacks = original(*args)
         return checkpoint, [*callbacks, callback]
 
     monkeypatch.setattr(run_module, "_callbacks", patched)

@@ -1,4 +1,4 @@
-"""TBPSDataModule: samplers, extra views and MLM keys, worker seeding; required_views."""
+"""TBPSDataModule: samplers, extra views and MLM keys, draw seeding; required_views."""
 
 from collections import Counter
 
@@ -81,30 +81,64 @@ def test_identity_sampler_and_every_view(dataset, tokenizer):
     }
 
 
-def _first_batches(dataset, tokenizer, seed):
+def _epoch_batches(dataset, tokenizer, seed=11, workers=0, rank=0, epochs=(0,), world=1):
     dm = _module(
         dataset,
         tokenizer,
         augment="tbps_clip",
-        num_workers=1,
+        num_workers=workers,
         seed=seed,
         text_augment=TextAugmentOptions(deletion=0.2, swap=0.2),
         mlm=True,
     )
     loader = dm.train_dataloader()
-    batches = [b for _, b in zip(range(2), loader)]
-    return batches
+    sampler = loader.sampler
+    sampler.num_replicas, sampler.rank = world, rank  # as torch.distributed would set them
+    sampler.num_samples = len(sampler.dataset) // world
+    sampler.total_size = sampler.num_samples * world
+    out = []
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        out.append(list(loader))
+    return out
 
 
-def test_workers_are_seeded_so_augmentation_is_reproducible(dataset, tokenizer):
-    a = _first_batches(dataset, tokenizer, seed=11)
-    b = _first_batches(dataset, tokenizer, seed=11)
-    for x, y in zip(a, b):
-        assert x["captions"] == y["captions"]
-        for key in ("images", "mlm_input_ids", "indices"):
-            assert torch.equal(x[key], y[key])
-    c = _first_batches(dataset, tokenizer, seed=12)
-    assert c[0]["captions"] != a[0]["captions"]
+def _same(a, b) -> bool:
+    return a["captions"] == b["captions"] and all(
+        torch.equal(a[k], b[k]) for k in ("images", "mlm_input_ids", "indices")
+    )
+
+
+def test_augmentation_depends_on_the_draw_not_on_workers_or_global_rng(dataset, tokenizer):
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    (serial_0, serial_1) = _epoch_batches(dataset, tokenizer, epochs=(0, 1))
+    assert torch.equal(torch.get_rng_state(), before)  # data loading leaves the global RNG
+    torch.manual_seed(123)  # another global state: the same batches
+    (again,) = _epoch_batches(dataset, tokenizer)
+    # two persistent workers, two epochs: batch for batch what one process drew
+    (parallel_0, parallel_1) = _epoch_batches(dataset, tokenizer, workers=2, epochs=(0, 1))
+    for expected, got in ((serial_0, again), (serial_0, parallel_0), (serial_1, parallel_1)):
+        assert len(expected) == len(got) > 0
+        assert all(_same(x, y) for x, y in zip(expected, got))
+    assert not _same(serial_0[0], serial_1[0])  # a new epoch draws anew
+    (other_seed,) = _epoch_batches(dataset, tokenizer, seed=12)
+    assert other_seed[0]["captions"] != serial_0[0]["captions"]
+
+
+def test_ranks_draw_different_augmentations(dataset, tokenizer):
+    (rank0,) = _epoch_batches(dataset, tokenizer, rank=0, world=2, workers=1)
+    (rank1,) = _epoch_batches(dataset, tokenizer, rank=1, world=2, workers=1)
+    seeds0 = {int(i): b for b in rank0 for i in b["indices"]}
+    assert seeds0 and not set(seeds0) & {int(i) for b in rank1 for i in b["indices"]}
+    # the same sample position on two ranks gets different random numbers
+    from tbps.data.datamodule import draw_seed
+
+    assert draw_seed(11, 0, 0, 0) != draw_seed(11, 0, 1, 0)
+    assert draw_seed(11, 0, 0, 0) == draw_seed(11, 0, 0, 0)
+    assert (
+        len({draw_seed(11, e, r, p) for e in range(3) for r in range(2) for p in range(50)}) == 300
+    )
 
 
 def test_bad_loader_settings(dataset, tokenizer):

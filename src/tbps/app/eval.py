@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tbps.app.hardware import resolve_num_workers
 from tbps.app.models import load_model, model_info, model_source
 from tbps.data.images import check_images
 from tbps.data.sources import load_dataset_section
@@ -68,7 +69,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         model,
         images,
         batch_size=cfg.loader.eval_batch_size,
-        num_workers=cfg.loader.num_workers,
+        num_workers=resolve_num_workers(cfg.loader.num_workers, device.type == "cuda"),
         device=device,
         precision=str(cfg.precision),
         progress=progress,

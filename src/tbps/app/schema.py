@@ -77,7 +77,7 @@ BATCH_LIMIT = optional(POSITIVE_INT | FRACTION)
 LOADER = {
     "loader.batch_size": POSITIVE_INT,
     "loader.eval_batch_size": POSITIVE_INT,
-    "loader.num_workers": NON_NEGATIVE_INT,
+    "loader.num_workers": NON_NEGATIVE_INT | Rule(lambda v: v == "auto", "auto"),
 }
 
 

@@ -25,6 +25,14 @@ from lightning.pytorch.callbacks import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tbps.app.hardware import (
+    check_precision_and_optimizer,
+    devices_per_node,
+    resolve_num_workers,
+    resolve_precision,
+    trains_on_cuda,
+    use_cuda_defaults,
+)
 from tbps.data.datamodule import TBPSDataModule
 from tbps.data.images import check_images
 from tbps.data.records import DatasetSplits
@@ -248,6 +256,7 @@ def progress_bar_enabled(cfg: DictConfig) -> bool:
 def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs["enable_progress_bar"] = progress_bar_enabled(cfg)
+    kwargs["precision"] = resolve_precision(cfg.trainer)
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
@@ -276,6 +285,7 @@ def _run_training(cfg: DictConfig, rank_zero: bool) -> dict[str, Any]:
         else resolve_run_dir(cfg.run_dir, cfg.runs_dir, cfg.name, check_empty=rank_zero)
     )
     check_devices(cfg.trainer, cfg.on_nonfinite_loss)
+    check_precision_and_optimizer(resolve_precision(cfg.trainer), str(cfg.optim.name))
     _check_backbone(cfg)
     # fail on bad data (unknown folder, missing images) before creating the run folder
     dataset = dataset_from_config(cfg, progress=sys.stderr.isatty(), generate=rank_zero)
@@ -373,7 +383,7 @@ def check_devices(trainer: DictConfig, on_nonfinite_loss: str = "error") -> None
         )
 
 
-def _callbacks(cfg: DictConfig, run_dir: Path) -> tuple[ModelCheckpoint, list]:
+def _callbacks(cfg: DictConfig, run_dir: Path, num_workers: int) -> tuple[ModelCheckpoint, list]:
     """(best-on-val checkpoint callback, all callbacks). ``last.ckpt`` has its own callback:
     Lightning's ``save_last`` only refreshes it when the best checkpoint changes, which would
     make a resume repeat epochs."""
@@ -410,7 +420,7 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> tuple[ModelCheckpoint, list]:
                 verbose=True,
             )
         )
-    return checkpoint, callbacks + _boosting_callbacks(cfg)
+    return checkpoint, callbacks + _boosting_callbacks(cfg, num_workers)
 
 
 def _loggers(cfg: DictConfig, run_dir: Path, resumed: bool) -> list:
@@ -466,7 +476,7 @@ def _failure_report(
     return str(out)
 
 
-def _boosting_callbacks(cfg: DictConfig) -> list[HardSampleBoosting]:
+def _boosting_callbacks(cfg: DictConfig, num_workers: int) -> list[HardSampleBoosting]:
     boost = cfg.boosting
     if not boost.enabled:
         return []
@@ -476,7 +486,7 @@ def _boosting_callbacks(cfg: DictConfig) -> list[HardSampleBoosting]:
             weight=boost.weight,
             top_k=boost.top_k,
             batch_size=cfg.loader.eval_batch_size,
-            num_workers=cfg.loader.num_workers,
+            num_workers=num_workers,
         )
     ]
 
@@ -499,6 +509,18 @@ def _run(
     spec, tokenizer, model = _build_model_spec(cfg, train_captions)
     if rank_zero:
         tokenizer.save_pretrained(run_dir / "tokenizer")
+    on_cuda = trains_on_cuda(cfg.trainer)
+    if on_cuda:
+        use_cuda_defaults()
+    num_workers = resolve_num_workers(
+        cfg.loader.num_workers, on_cuda, devices_per_node(cfg.trainer)
+    )
+    log.info(
+        "precision %s, %d loader worker(s)%s",
+        resolve_precision(cfg.trainer),
+        num_workers,
+        ", pinned memory" if on_cuda else "",
+    )
 
     datamodule = TBPSDataModule(
         dataset,
@@ -510,7 +532,7 @@ def _run(
         std=spec["image_std"],
         batch_size=cfg.loader.batch_size,
         eval_batch_size=cfg.loader.eval_batch_size,
-        num_workers=cfg.loader.num_workers,
+        num_workers=num_workers,
         val_split=cfg.data.val_split,
         test_split=cfg.data.test_split,
         on_bad_image=cfg.data.on_bad_image,
@@ -539,7 +561,7 @@ def _run(
         100.0 * n_trainable / max(n_params, 1),
     )
 
-    checkpoint, callbacks = _callbacks(cfg, run_dir)
+    checkpoint, callbacks = _callbacks(cfg, run_dir, num_workers)
     clock = next(c for c in callbacks if isinstance(c, WallClock))
     agreement = RankAgreement(run_dir, files_digest(module.tokenizer_state["files"]))
     callbacks.append(agreement)

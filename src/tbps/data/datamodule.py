@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import lightning as L
 import numpy as np
@@ -25,37 +24,33 @@ from tbps.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed Python, NumPy and the dataset's caption augmenter.
-
-    torch already seeds each worker with ``base_seed + worker_id`` (``base_seed`` drawn from the
-    loader's seeded generator), so every random choice in a worker is reproducible.
-    """
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    if info is not None and hasattr(info.dataset, "reseed"):
-        info.dataset.reseed(seed)
+def draw_seed(seed: int, epoch: int, rank: int, position: int) -> int:
+    """The seed of one training draw: the ``position``-th sample rank ``rank`` takes in
+    ``epoch``. Augmentation and masking of that sample use only this seed, so they do not
+    depend on the worker that loads it, on persistent workers, or on a resume; ranks differ."""
+    mixed = np.random.SeedSequence([seed, epoch, rank, position]).generate_state(1)[0]
+    return int(mixed)
 
 
-def _epoch_seeded_generator(sampler: DistributedSampler, seed: int) -> torch.Generator:
-    """The train loader's own generator, reseeded from (seed, epoch) by ``sampler.set_epoch``.
+class _DrawSeeds:
+    """Sampler mixin: yield ``(index, draw_seed)`` instead of ``index`` (the dataset seeds its
+    augmentation with it); the sampler's own order is unchanged."""
 
-    A DataLoader draws its workers' base seed from this generator when an iterator is made.
-    Lightning makes the train iterator once or twice per epoch depending on whether the run
-    was resumed; with its own per-epoch generator that no longer shifts the global RNG stream
-    (which augmentation uses), and worker seeds depend only on the seed and the epoch.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    set_epoch = sampler.set_epoch
+    seed: int
+    epoch: int
+    rank: int
 
-    def set_epoch_and_reseed(epoch: int) -> None:
-        set_epoch(epoch)
-        generator.manual_seed(seed * 1_000_003 + epoch)
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for position, index in enumerate(super().__iter__()):  # type: ignore[misc]
+            yield int(index), draw_seed(self.seed, self.epoch, self.rank, position)
 
-    sampler.set_epoch = set_epoch_and_reseed
-    return generator
+
+class SeededRandomSampler(_DrawSeeds, DistributedSampler):
+    """Shuffled, epoch-seeded training order (a ``DistributedSampler``) with draw seeds."""
+
+
+class SeededIdentitySampler(_DrawSeeds, IdentitySampler):
+    """:class:`IdentitySampler` (P x K batches) with draw seeds."""
 
 
 class TBPSDataModule(L.LightningDataModule):
@@ -182,9 +177,12 @@ class TBPSDataModule(L.LightningDataModule):
         drop_last: bool,
         collate: Collator | None = None,
         sampler: DistributedSampler | None = None,
-        generator: torch.Generator | None = None,
     ) -> DataLoader:
-        # Workers are not persistent: each epoch reseeds them (see _epoch_seeded_generator).
+        """Persistent workers (their randomness comes with each draw, see :func:`draw_seed`),
+        pinned memory when the trainer runs on CUDA, and a private generator for the workers'
+        base seed, so that making an iterator does not advance the global RNG."""
+        trainer = self._trainer_or_none()
+        on_cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -192,25 +190,23 @@ class TBPSDataModule(L.LightningDataModule):
             drop_last=drop_last,
             num_workers=self.num_workers,
             collate_fn=collate or self.collate,
-            worker_init_fn=seed_worker if self.num_workers > 0 else None,
-            generator=generator,
+            pin_memory=on_cuda,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
-    def reseed_train_randomness(self, seed: int) -> None:
-        """Reseed the training dataset's own generators (caption augmentation) in this process.
+    def _trainer_or_none(self) -> L.Trainer | None:
+        try:
+            return self.trainer
+        except RuntimeError:  # not attached to a trainer (e.g. built for a test)
+            return None
 
-        Called at every epoch start with a seed drawn from the global RNG, so with
-        ``num_workers=0`` the augmentation stream survives a resume exactly.
-        """
-        if self._train is not None:
-            self._train.reseed(seed)
-
-    def random_sampler(self) -> DistributedSampler:
+    def random_sampler(self) -> SeededRandomSampler:
         """Shuffled training order that depends only on ``seed`` and the epoch (``set_epoch``),
         so a resumed run sees the same batches; under DDP rank r takes positions r, r + W, ...
         of the permutation, so the global batch equals the single-process one."""
         initialised = dist.is_available() and dist.is_initialized()
-        return DistributedSampler(
+        return SeededRandomSampler(
             self.build_train(),
             num_replicas=dist.get_world_size() if initialised else 1,
             rank=dist.get_rank() if initialised else 0,
@@ -218,10 +214,10 @@ class TBPSDataModule(L.LightningDataModule):
             drop_last=True,
         )
 
-    def identity_sampler(self) -> IdentitySampler:
+    def identity_sampler(self) -> SeededIdentitySampler:
         """The P x K sampler over the training captions (ranks from torch.distributed)."""
         train = self.build_train()
-        return IdentitySampler(
+        return SeededIdentitySampler(
             [r.pid for r in train.records],
             self.batch_size,
             self.num_instances,
@@ -231,7 +227,6 @@ class TBPSDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.identity_sampler() if self.sampler == "identity" else self.random_sampler()
-        generator = _epoch_seeded_generator(sampler, self.seed)
         if self._resume_epoch is not None:
             # Lightning makes the first iterator of a resumed run before it sets the epoch
             sampler.set_epoch(self._resume_epoch)
@@ -241,7 +236,6 @@ class TBPSDataModule(L.LightningDataModule):
             drop_last=True,
             collate=self.train_collate,
             sampler=sampler,
-            generator=generator,
         )
 
     def state_dict(self) -> dict:

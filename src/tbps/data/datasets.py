@@ -21,7 +21,11 @@ class TrainPairs(Dataset):
 
     Optional extra views of the same decoded image: ``aug_image`` (MVS: ``transform`` applied
     again, independently) and ``ss_image1`` / ``ss_image2`` (two ``ss_transform`` views).
-    ``text_augment`` rewrites the caption (EDA); its generator is reseeded per worker.
+    ``text_augment`` rewrites the caption (EDA).
+    Indexed by ``(index, seed)`` (what the training samplers yield), the sample's random
+    choices (image transforms, EDA) come from ``seed`` alone and the global RNG is left as it
+    was; the sample then also carries ``"seed"`` (the collator derives the MLM masking from
+    it). Indexed by a plain ``index``, they come from the global RNG.
     """
 
     def __init__(
@@ -41,12 +45,19 @@ class TrainPairs(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def reseed(self, seed: int) -> None:
-        """Seed the caption augmentation (called in each DataLoader worker)."""
-        if self.text_augment is not None:
-            self.text_augment.reseed(seed)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if not isinstance(key, tuple):
+            return self._sample(key)
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if self.text_augment is not None:
+                self.text_augment.reseed(seed)
+            sample = self._sample(index)
+        sample["seed"] = seed
+        return sample
 
-    def __getitem__(self, index: int) -> dict:
+    def _sample(self, index: int) -> dict:
         r = self.records[index]
         image = load_image(r.image_path)
         caption = r.caption if self.text_augment is None else self.text_augment(r.caption)
@@ -105,7 +116,7 @@ class Collator:
     ``indices``, ``image_ids`` where present, and ``captions`` (the strings tokenised). Views
     where present: ``aug_images``, ``ss_images1``, ``ss_images2`` (B, 3, H, W). With a
     ``masker``: ``mlm_input_ids`` (a masked copy) and ``mlm_labels`` (B, L); ``input_ids``
-    stays unmasked.
+    stays unmasked; when the samples carry draw seeds the masking is drawn from their sum.
     """
 
     def __init__(
@@ -136,7 +147,11 @@ class Collator:
             batch["input_ids"] = tokens["input_ids"]
             batch["attention_mask"] = tokens["attention_mask"]
             if self.masker is not None:
+                generator = None
+                if "seed" in samples[0]:
+                    seed = sum(s["seed"] for s in samples) % 2**63
+                    generator = torch.Generator().manual_seed(seed)
                 batch["mlm_input_ids"], batch["mlm_labels"] = self.masker(
-                    tokens["input_ids"], tokens["attention_mask"]
+                    tokens["input_ids"], tokens["attention_mask"], generator=generator
                 )
         return batch
