@@ -270,8 +270,16 @@ def _synth(cfg) -> None:
     summary = generate_synthetic_dataset(out, config)
     for split in ("train", "val", "test"):
         s = summary[split]
-        print(f"{split:<6} {s['ids']:>6} ids {s['images']:>7} images {s['captions']:>7} captions")
+        ceiling = s.get("caption_ceiling_r1")
+        print(
+            f"{split:<6} {s['ids']:>6} ids {s['images']:>7} images {s['captions']:>7} captions"
+            + ("" if ceiling is None else f"   caption ceiling t2i R1 {ceiling:.2f}")
+        )
     print(f"written to {out} in {summary['seconds']:.1f} s")
+    print(
+        "caption ceiling: the R1 of an oracle ranking by the attributes each caption mentions "
+        "(what no model can beat on average)"
+    )
 
 
 def _load_dataset(cfg, on_bad_caption: str | None = None):

@@ -244,3 +244,44 @@ def test_vn3k_layout(vn3k: Path) -> None:
         assert all(e.isascii() for e in en)
     text = " ".join(c for r in records for c in r["captions"])
     assert "mặc" in text and "áo" in text
+
+
+def test_caption_ceiling_is_the_oracle_r1_by_mentioned_attributes(
+    cuhk: tuple[Path, dict],
+) -> None:
+    """The summary's ceiling equals a brute-force oracle: score every gallery image by the
+    caption's attributes its person has, expected R1 over random tie-breaking."""
+    from tbps.data.synthetic.attributes import image_rng, sample_identities, sample_shot
+    from tbps.data.synthetic.captions import planned_captions
+    from tbps.data.synthetic.oracle import caption_facts
+    from tbps.data.synthetic.writer import _images_per_identity, assign_splits
+
+    out, summary = cuhk
+    persons = {p.pid: p for p in sample_identities(TINY)}
+    for split in ("train", "test"):
+        pids = assign_splits(TINY)[split]
+        images = {pid: _images_per_identity(TINY, pid) for pid in pids}
+        gallery = [pid for pid in pids for _ in range(images[pid])]
+        expected, count = 0.0, 0
+        for pid in pids:
+            for k in range(images[pid]):
+                shot = sample_shot(image_rng(TINY.seed, pid, k))
+                planned = planned_captions(
+                    persons[pid], shot, TINY.captions_per_image, TINY.seed, k
+                )
+                for plan, caption, _ in planned:
+                    facts = caption_facts(persons[pid], plan)
+                    assert facts.get("gender") in (None, persons[pid].gender)
+                    words = COLOURS[facts["upper_colour"]][1]  # always mentioned
+                    assert any(w in caption.lower() for w in words)
+                    scores = [
+                        sum(getattr(persons[g], n) == v for n, v in facts.items()) for g in gallery
+                    ]
+                    best = max(scores)
+                    top = [g for g, s in zip(gallery, scores) if s == best]
+                    expected += top.count(pid) / len(top)
+                    count += 1
+        assert summary[split]["caption_ceiling_r1"] == pytest.approx(
+            100 * expected / count, abs=0.01
+        )
+    assert 0 < summary["test"]["caption_ceiling_r1"] <= 100

@@ -7,7 +7,7 @@ import re
 import numpy as np
 
 from tbps.data.synthetic.attributes import Person, Shot
-from tbps.data.synthetic.caption_plan import _plan_caption
+from tbps.data.synthetic.caption_plan import _plan_caption, _Sentence
 from tbps.data.synthetic.captions_en import _English
 from tbps.data.synthetic.captions_vi import _Vietnamese
 from tbps.data.synthetic.common import _SALT_CAPTION, _SALT_EN, _SALT_VI
@@ -24,23 +24,29 @@ def make_captions(
     person: Person, shot: Shot, n: int, seed: int, index: int, vietnamese: bool = False
 ) -> tuple[list[str], list[str]]:
     """``n`` distinct English captions (and parallel Vietnamese ones if asked) for one image."""
+    planned = planned_captions(person, shot, n, seed, index, vietnamese)
+    return [en for _, en, _ in planned], [vi for _, _, vi in planned]
+
+
+def planned_captions(
+    person: Person, shot: Shot, n: int, seed: int, index: int, vietnamese: bool = False
+) -> list[tuple[list[_Sentence], str, str]]:
+    """``n`` distinct ``(plan, English, Vietnamese or "")`` captions of one image: the plan
+    says which attributes the caption mentions (see :mod:`.oracle`)."""
     key = (seed, person.pid, index)
     plan_rng = np.random.default_rng([key[0], _SALT_CAPTION, key[1], key[2]])
     en_rng = np.random.default_rng([key[0], _SALT_EN, key[1], key[2]])
     vi_rng = np.random.default_rng([key[0], _SALT_VI, key[1], key[2]])
-    en: list[str] = []
-    vi: list[str] = []
+    out: list[tuple[list[_Sentence], str, str]] = []
     for _ in range(60 * n):
         plan = _plan_caption(person, shot, plan_rng)
         e = _English(person, shot, en_rng).render(plan)
         v = _Vietnamese(person, shot, vi_rng).render(plan) if vietnamese else ""
-        if e in en or (vietnamese and v in vi):
+        if any(e == x or (vietnamese and v == y) for _, x, y in out):
             continue
-        en.append(e)
-        vi.append(v)
-        if len(en) == n:
+        out.append((plan, e, v))
+        if len(out) == n:
             break
-    while len(en) < n:  # practically unreachable: the phrasebooks give far more variants
-        en.append(en[len(en) % max(1, len(en))])
-        vi.append(vi[len(vi) % max(1, len(vi))])
-    return en, vi
+    while len(out) < n:  # practically unreachable: the phrasebooks give far more variants
+        out.append(out[len(out) % max(1, len(out))])
+    return out

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from tbps.data.synthetic.attributes import image_rng, sample_identities, sample_shot
-from tbps.data.synthetic.captions import make_captions, tokenize
+from tbps.data.synthetic.captions import planned_captions, tokenize
 from tbps.data.synthetic.common import _SALT_COUNT, _SALT_SPLIT
 from tbps.data.synthetic.config import SynthConfig, _split_counts
+from tbps.data.synthetic.oracle import caption_facts, oracle_r1
 from tbps.data.synthetic.render import render_image
 
 # The package name, as before the split into modules: it names the log records and the marker's
@@ -113,6 +114,7 @@ def _generate_into(root: Path, config: SynthConfig, progress: bool) -> dict[str,
     summary: dict[str, Any] = {
         s: {"ids": len(splits[s]), "images": 0, "captions": 0} for s in splits
     }
+    oracle: dict[str, tuple[list, list[int]]] = {s: ([], []) for s in splits}
     img_root = root / "imgs"
     made_dirs: set[Path] = set()
     height, width = config.image_height, config.image_width
@@ -131,9 +133,12 @@ def _generate_into(root: Path, config: SynthConfig, progress: bool) -> dict[str,
                 path.parent.mkdir(parents=True, exist_ok=True)
                 made_dirs.add(path.parent)
             img.save(path, format="JPEG", quality=config.jpeg_quality)
-            en, vi = make_captions(
+            planned = planned_captions(
                 person, shot, config.captions_per_image, config.seed, k, vietnamese=layout == "vn3k"
             )
+            en, vi = [e for _, e, _ in planned], [v for _, _, v in planned]
+            oracle[split][0].extend((pid, caption_facts(person, plan)) for plan, _, _ in planned)
+            oracle[split][1].append(pid)
             if layout == "cuhk":
                 rec = {
                     "split": name,
@@ -154,6 +159,10 @@ def _generate_into(root: Path, config: SynthConfig, progress: bool) -> dict[str,
             summary[split]["images"] += 1
             summary[split]["captions"] += len(en)
             bar.update(1)
+    by_pid = {p.pid: p for p in persons}
+    for split, (queries, gallery) in oracle.items():
+        if gallery:  # the R1 ceiling of the captions (tbps.data.synthetic.oracle)
+            summary[split]["caption_ceiling_r1"] = round(oracle_r1(queries, gallery, by_pid), 2)
     _write_json(root / _ANNOTATION_FILE[layout], records)
     _write_json(root / ATTRIBUTES_FILE, {str(p.pid): p.to_dict() for p in persons})
     return summary
