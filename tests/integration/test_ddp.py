@@ -183,6 +183,11 @@ def _train_losses(run_dir: Path) -> dict[int, float]:
         }
 
 
+def _column(run_dir: Path, name: str) -> list[float]:
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return [float(r[name]) for r in csv.DictReader(f) if r.get(name)]
+
+
 @needs_gloo
 def test_torchrun_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     """2 ranks x batch 8 (random sampler) against 1 process x batch 16, same seed and data.
@@ -238,6 +243,11 @@ def test_torchrun_two_processes_match_one_process_on_the_same_global_batch(tmp_p
     assert sorted(losses_ddp) == sorted(losses_single) == list(range(7))
     for step, loss in losses_single.items():
         assert losses_ddp[step] == pytest.approx(loss, rel=1e-4), step
+    # per-step values are logged unsynced; the epoch means over both ranks are reduced once
+    epoch_means = _column(ddp_dir, "train/loss_epoch")
+    assert len(epoch_means) == 1
+    assert epoch_means[0] == pytest.approx(sum(losses_ddp.values()) / 7, rel=1e-4)
+    assert not _column(tmp_path / "single", "train/loss_epoch")  # one process: as before
     for which in ("last", "best"):
         for task in ("t2i", "i2t"):
             got, want = ddp["test"][which][task], single["test"][which][task]

@@ -125,3 +125,108 @@ def test_callback_schedule_and_settings(tmp_path):
     ):
         with pytest.raises(ConfigError, match=message):
             HardSampleBoosting(**kwargs)
+
+
+def _argsort_weights(text_feats, text_pids, image_feats, image_pids, weight, top_k, chunk=1024):
+    """The former ranking (a full stable argsort on the CPU), as the reference."""
+    weights = torch.ones(text_feats.shape[0])
+    for start in range(0, text_feats.shape[0], chunk):
+        sim = text_feats[start : start + chunk].float() @ image_feats.float().t()
+        pids = text_pids[start : start + chunk]
+        k = min(top_k or 1, sim.shape[1])
+        order = sim.argsort(dim=1, descending=True, stable=True)[:, :k]
+        correct = image_pids[order] == pids[:, None]
+        hard = ~correct[:, 0]
+        if top_k:
+            hard &= correct.any(dim=1)
+        weights[start : start + chunk][hard] = weight
+    return weights
+
+
+@pytest.mark.parametrize("coarse", [False, True])
+def test_topk_ranking_equals_the_full_sort(coarse):
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(40, 3, generator=g)
+    texts = torch.randn(90, 3, generator=g)
+    if coarse:  # many exact ties, some straddling the k-th place
+        images, texts = images.round(), texts.round()
+    image_pids = torch.randint(0, 8, (40,), generator=g)
+    text_pids = torch.randint(0, 8, (90,), generator=g)
+    for top_k in (None, 1, 2, 3, 7, 40, 100):
+        for chunk in (1024, 16):
+            got = hard_caption_weights(texts, text_pids, images, image_pids, 1.6, top_k, chunk)
+            want = _argsort_weights(texts, text_pids, images, image_pids, 1.6, top_k, chunk)
+            assert torch.equal(got, want), (top_k, chunk)
+
+
+def _boost_rank_main(rank, records, top_k):
+    torch.manual_seed(0)
+    module = TBPSLightningModule(clip_spec(), {"itc": {}})
+    encoded = {"images": 0, "texts": 0}
+    model = module.model
+    encode_images, encode_texts = model.encode_images, model.encode_texts
+
+    def images(pixels):
+        encoded["images"] += pixels.shape[0]
+        return encode_images(pixels)
+
+    def texts(ids, mask):
+        encoded["texts"] += ids.shape[0]
+        return encode_texts(ids, mask)
+
+    model.encode_images, model.encode_texts = images, texts
+    callback = HardSampleBoosting(every_n_epochs=1, top_k=top_k, batch_size=2)
+    weights = callback.compute(module, records, eval_transform((32, 16)), _collate)
+    return weights.tolist(), encoded
+
+
+@pytest.mark.parametrize("top_k", [None, 2])
+def test_two_ranks_share_the_encoding_and_get_the_single_process_weights(tmp_path, top_k):
+    from ranks import run_gloo_ranks
+
+    records = _records(tmp_path)  # 6 images (3 batches of 2), 12 captions (6 batches)
+    torch.manual_seed(0)
+    module = TBPSLightningModule(clip_spec(), {"itc": {}})
+    callback = HardSampleBoosting(every_n_epochs=1, top_k=top_k, batch_size=2)
+    single = callback.compute(module, records, eval_transform((32, 16)), _collate).tolist()
+    results = run_gloo_ranks(_boost_rank_main, tmp_path / "store", records, top_k, timeout=120)
+    assert results[0][0] == results[1][0] == single
+    # whole batches, no repeats: rank 0 takes image batch 0 and caption batches 0-2
+    assert results[0][1] == {"images": 2, "texts": 6}
+    assert results[1][1] == {"images": 4, "texts": 6}
+
+
+def test_encoding_follows_the_trainer_precision(tmp_path, monkeypatch):
+    import tbps.training.boosting as boosting
+    from tbps.training.boosting import encode_precision
+
+    assert [encode_precision(p) for p in ("32-true", "bf16-mixed", "16-mixed", "64-true")] == [
+        "32",
+        "bf16",
+        "fp16",
+        "32",
+    ]
+    seen = {}
+    encode_split = boosting.encode_split
+
+    def spy(model, gallery, queries, **kwargs):
+        seen.update(kwargs, pin_memory=gallery.pin_memory)
+        return encode_split(model, gallery, queries, **kwargs)
+
+    monkeypatch.setattr(boosting, "encode_split", spy)
+    records = _records(tmp_path, n_images=4)
+    torch.manual_seed(0)
+    module = TBPSLightningModule(clip_spec(), {"itc": {}})
+    module.log = lambda *a, **k: None
+    datamodule = SimpleNamespace(
+        build_train=lambda: SimpleNamespace(records=records),
+        eval_transform=eval_transform((32, 16)),
+        collate=_collate,
+    )
+    trainer = SimpleNamespace(
+        current_epoch=0, max_epochs=3, datamodule=datamodule, world_size=1, precision="bf16-mixed"
+    )
+    HardSampleBoosting(every_n_epochs=1).on_train_epoch_end(trainer, module)
+    assert seen["precision"] == "bf16" and seen["device"] == torch.device("cpu")
+    assert seen["pin_memory"] is False  # pinned only for a CUDA device
+    assert module.sample_weights.shape == (len(records),)

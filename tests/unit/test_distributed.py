@@ -1,5 +1,7 @@
 """Cross-rank gathering: two gloo ranks on CPU give the gradient of the global-batch loss."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -120,3 +122,178 @@ def test_single_process_passes_through():
     assert world_size() == 1
     assert gather_with_grad(x) is x
     assert gather_batch({"a": x, "b": None}) == {"a": x, "b": None}
+
+
+# -- the size exchange of the training gather ---------------------------------------------------
+def _count_size_exchanges(monkeypatch_target):
+    """Wrap distributed._gather_sizes (in this forked rank) to count its calls."""
+    calls = []
+    original = monkeypatch_target._gather_sizes
+
+    def counting(rows, device):
+        calls.append(rows)
+        return original(rows, device)
+
+    monkeypatch_target._gather_sizes = counting
+    return calls
+
+
+def _gatherer_main(rank):
+    import tbps.training.distributed as distributed
+
+    calls = _count_size_exchanges(distributed)
+    gatherer = distributed.BatchGatherer(equal_sizes=True)
+    out = []
+    for step in range(3):
+        x = torch.full((2, 3), float(10 * step + rank))
+        got = gatherer({"x": x, "none": None})
+        assert got["none"] is None
+        out.append(got["x"][:, 0].tolist())
+    exchanged = len(calls)
+    always = distributed.BatchGatherer(equal_sizes=False)
+    always({"x": torch.zeros(2, 1)})
+    always({"x": torch.zeros(2, 1)})
+    exchanged_always = len(calls) - exchanged
+    unequal = distributed.BatchGatherer(equal_sizes=True)
+    try:
+        unequal({"x": torch.zeros(2 + rank, 1)})
+        error = None
+    except ValueError as e:
+        error = str(e)
+    return out, exchanged, exchanged_always, error
+
+
+def test_equal_batch_sizes_are_exchanged_once_then_assumed(tmp_path):
+    results = run_gloo_ranks(_gatherer_main, tmp_path / "store")
+    for rank in range(2):
+        out, exchanged, exchanged_always, error = results[rank]
+        assert out == [[0.0, 0.0, 1.0, 1.0], [10.0, 10.0, 11.0, 11.0], [20.0, 20.0, 21.0, 21.0]]
+        assert exchanged == 1  # the first step only
+        assert exchanged_always == 2  # without the flag: every call
+        assert "different sizes [2, 3]" in error  # the first step's check, on every rank
+
+
+# -- training logs under DDP: no per-step all-reduce ----------------------------------------
+class _Recorded(dict):
+    """Stands in for LightningModule.log: name -> (value, keyword arguments)."""
+
+    def __call__(self, name, value, **kwargs):
+        self[name] = (float(torch.as_tensor(value).detach()), kwargs)
+
+
+def _training_log_main(rank):
+    from torch.utils.data import DataLoader
+
+    import tbps.training.distributed as distributed
+    from objective_fixtures import clip_spec, training_batch
+    from tbps.training.module import TBPSLightningModule
+
+    calls = _count_size_exchanges(distributed)
+    torch.manual_seed(0)
+    m = TBPSLightningModule(clip_spec(), {"itc": {}, "id": {}}, num_classes=4)
+    m._trainer = SimpleNamespace(
+        train_dataloader=DataLoader(range(6), batch_size=3, drop_last=True), world_size=2
+    )
+    m.log = _Recorded()
+    for step in range(2):
+        batch = training_batch([0, 1, 2] if rank == 0 else [2, 3, 3], seed=10 * step + rank)
+        m.training_step(batch, step)
+    return {k: (v, kw) for k, (v, kw) in m.log.items()}, len(calls)
+
+
+def test_training_logs_sync_only_the_epoch_means_under_ddp(tmp_path):
+    results = run_gloo_ranks(_training_log_main, tmp_path / "store", timeout=120)
+    for rank in range(2):
+        logged, exchanges = results[rank]
+        assert exchanges == 1  # drop_last loader with a fixed batch size: checked once
+        for name, (_, kwargs) in logged.items():
+            if name.endswith("_epoch"):
+                assert kwargs["sync_dist"] and kwargs["on_epoch"] and not kwargs["on_step"]
+            else:
+                assert not kwargs.get("sync_dist", False), name  # no all-reduce per step
+        assert {"train/loss_epoch", "train/itc_epoch", "train/id_epoch"} <= set(logged)
+        assert {"train/id_acc_image_epoch", "train/id_acc_text_epoch"} <= set(logged)
+    # the batch-level term is the same on both ranks; the per-sample ID term is the rank's own
+    assert results[0][0]["train/itc"][0] == pytest.approx(results[1][0]["train/itc"][0])
+    assert results[0][0]["train/id"][0] != results[1][0]["train/id"][0]
+
+
+# -- evaluation under DDP: scored once on rank 0, the numbers broadcast -----------------------
+def _eval_problem():
+    g = torch.Generator().manual_seed(4)
+    images = torch.nn.functional.normalize(torch.randn(5, 4, generator=g), dim=1)
+    texts = torch.nn.functional.normalize(torch.randn(7, 4, generator=g), dim=1)
+    return images, torch.tensor([0, 1, 1, 2, 3]), texts, torch.tensor([0, 0, 1, 2, 2, 3, 1])
+
+
+def _share(n, rank, world=2):
+    """A DistributedSampler-like share: rank, rank + world, ..., padded with repeats."""
+    per_rank = -(-n // world)
+    order = list(range(n)) + list(range(per_rank * world - n))
+    return torch.tensor(order[rank::world])
+
+
+def _eval_main(rank):
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    import tbps.training.module as module_mod
+    from objective_fixtures import clip_spec
+
+    scored = []
+    original = module_mod.evaluate_embeddings
+
+    def counting(*args):
+        scored.append(rank)
+        return original(*args)
+
+    module_mod.evaluate_embeddings = counting
+    m = module_mod.TBPSLightningModule(clip_spec(), {"itc": {}})
+    m._trainer = SimpleNamespace(
+        world_size=2,
+        sanity_checking=False,
+        is_global_zero=rank == 0,
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
+        current_epoch=0,
+        max_epochs=1,
+    )
+    m.log = _Recorded()
+    images, image_pids, texts, text_pids = _eval_problem()
+    for prefix in ("val", "test"):
+        mine_i, mine_t = _share(len(images), rank), _share(len(texts), rank)
+        m._eval_buffers = {
+            "images": [images[mine_i]],
+            "image_pids": [image_pids[mine_i]],
+            "image_idx": [mine_i],
+            "texts": [texts[mine_t]],
+            "text_pids": [text_pids[mine_t]],
+            "text_idx": [mine_t],
+        }
+        m._eval_end(prefix)
+    logged = {k: (v, kw["sync_dist"]) for k, (v, kw) in m.log.items()}
+    return logged, m.results, m.chance, len(scored)
+
+
+def test_eval_metrics_are_scored_once_on_rank_zero_and_logged_alike(tmp_path):
+    from tbps.evaluation.metrics import chance_level
+    from tbps.evaluation.retrieval import evaluate_embeddings
+
+    results = run_gloo_ranks(_eval_main, tmp_path / "store", timeout=120)
+    images, image_pids, texts, text_pids = _eval_problem()
+    expected = evaluate_embeddings(images, image_pids, texts, text_pids)
+    assert results[0][3] == 2 and results[1][3] == 0  # val and test, on rank 0 only
+    assert results[0][0] == results[1][0]  # every rank logs the same numbers
+    assert results[0][1] == results[1][1] and results[0][2] == results[1][2]
+    logged = results[0][0]
+    assert len(logged) == 20  # val and test, 2 tasks, 5 metrics
+    for prefix in ("val", "test"):
+        assert results[0][1][prefix] == expected
+        for task, metrics in expected.items():
+            for key in ("R1", "R5", "R10", "mAP", "mINP"):
+                value, sync = logged[f"{prefix}/{task}/{key}"]
+                assert value == pytest.approx(float(metrics[key])) and not sync
+    assert results[0][2] == {
+        "test": {
+            "t2i": chance_level(text_pids, image_pids),
+            "i2t": chance_level(image_pids, text_pids),
+        }
+    }

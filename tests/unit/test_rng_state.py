@@ -39,3 +39,71 @@ def test_each_rank_gets_its_own_stream_under_ddp():
     torch.manual_seed(7)
     RNGState().on_train_epoch_start(fake_trainer(world_size=2, rank=1), None)
     assert torch.equal(torch.rand(4), draws[1])  # deterministic per rank
+
+
+class FakeCuda:
+    """torch.cuda's RNG functions on a machine with ``count`` initialised devices."""
+
+    def __init__(self, count, initialised=True):
+        self.count, self.initialised = count, initialised
+        self.states = [torch.tensor([i, 7], dtype=torch.uint8) for i in range(count)]
+        self.restored = None
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: self.count > 0)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: self.initialised)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.count)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: list(self.states))
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", self._set)
+
+    def _set(self, states):
+        self.restored = [s.clone() for s in states]
+
+
+def _round_trip(state, tmp_path):
+    path = tmp_path / "state.pt"
+    torch.save(state, path)
+    return torch.load(path, weights_only=True)
+
+
+def test_cuda_rng_states_are_saved_and_restored_when_the_devices_match(monkeypatch, tmp_path):
+    saved = FakeCuda(2)
+    saved.install(monkeypatch)
+    state = _round_trip(RNGState().state_dict(), tmp_path)
+    assert [s.tolist() for s in state["cuda"]] == [[0, 7], [1, 7]]
+
+    resumed = FakeCuda(2)
+    resumed.install(monkeypatch)
+    callback = RNGState()
+    callback.load_state_dict(state)
+    assert resumed.restored is None  # applied at the next epoch start, as the CPU state
+    callback.on_train_epoch_start(fake_trainer(), None)
+    assert [s.tolist() for s in resumed.restored] == [[0, 7], [1, 7]]
+
+
+def test_cuda_rng_states_of_other_devices_are_not_restored(monkeypatch, caplog):
+    FakeCuda(2).install(monkeypatch)
+    torch.manual_seed(5)
+    state = RNGState().state_dict()
+    expected = torch.rand(2)
+    other = FakeCuda(1)  # resumed on a machine with one GPU
+    other.install(monkeypatch)
+    callback = RNGState()
+    callback.load_state_dict(state)
+    with caplog.at_level("WARNING"):
+        callback.on_train_epoch_start(fake_trainer(), None)
+    assert other.restored is None
+    assert "CUDA RNG states of 2 device(s), this process sees 1" in caplog.text
+    assert torch.equal(torch.rand(2), expected)  # the CPU state is restored all the same
+
+
+def test_cpu_runs_save_no_cuda_state_and_round_trip(monkeypatch, tmp_path):
+    FakeCuda(1, initialised=False).install(monkeypatch)  # a GPU that this run never used
+    torch.manual_seed(11)
+    state = _round_trip(RNGState().state_dict(), tmp_path)
+    assert "cuda" not in state
+    expected = torch.rand(3)
+    callback = RNGState()
+    callback.load_state_dict(state)
+    callback.on_train_epoch_start(fake_trainer(), None)
+    assert torch.equal(torch.rand(3), expected)

@@ -43,7 +43,6 @@ from tbps.data.transforms import preset_interpolation
 from tbps.data.views import DataViews, required_views
 from tbps.errors import ConfigError, NothingToDo
 from tbps.evaluation.failures import find_failures, log_wandb_failures, write_failure_report
-from tbps.evaluation.metrics import chance_level
 from tbps.evaluation.retrieval import format_table
 from tbps.losses import resolve_objectives, tse_settings
 from tbps.model.factory import (
@@ -621,8 +620,6 @@ def _run(
             )
             results["best"] = module.results.get("test")
 
-    # chance over exactly what was scored (debug presets score a few batches of the split)
-    scored = module.embeddings.get("test")
     metrics = {
         "dataset": dataset.name,
         "data_root": dataset.root,
@@ -638,12 +635,9 @@ def _run(
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "zero_shot_val": zero_shot,
         "resumed_from": str(resume) if resume else None,
-        "chance": None
-        if scored is None
-        else {
-            "t2i": chance_level(scored["text_pids"], scored["image_pids"]),
-            "i2t": chance_level(scored["image_pids"], scored["text_pids"]),
-        },
+        # over exactly what was scored (debug presets score a few batches of the split),
+        # computed once by the module (rank 0's, broadcast)
+        "chance": module.chance.get("test"),
         "num_train_ids": datamodule.num_classes,
         "num_parameters": n_params,
         "epochs": trainer.current_epoch,

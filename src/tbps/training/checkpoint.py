@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import signal
@@ -22,6 +23,8 @@ from tbps.errors import ConfigError, DataError
 from tbps.model.checkpoint import tokenizer_state, upgrade_state_dict
 
 __all__ = ["AtomicCheckpointIO", "RNGState", "check_compatible", "tokenizer_state"]
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -76,6 +79,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class RNGState(Callback):
     """Saves the torch, numpy and Python RNG states in checkpoints and restores them on resume,
     so a resumed CPU run draws the same augmentations and masks as an uninterrupted one.
+    Where CUDA is initialised, the CUDA generators of all devices are saved too (``cuda``) and
+    restored when the resumed process sees as many devices; otherwise a warning says so.
 
     The restored state is applied at the first training-epoch start, not at load time:
     Lightning's fit start consumes random numbers after loading, which an uninterrupted run
@@ -99,6 +104,7 @@ class RNGState(Callback):
                 "kind": str(kind),
             },
             "python": random.getstate(),
+            **_cuda_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -112,6 +118,8 @@ class RNGState(Callback):
             keys = n["keys"].numpy().astype(np.uint32)
             np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
             random.setstate(_as_tuples(state["python"]))
+            if state.get("cuda") is not None:
+                _restore_cuda_state(list(state["cuda"]))
         if trainer.world_size > 1:
             # every rank starts from the same seed: decorrelate augmentation and masking
             base = int(torch.randint(2**31 - 1, (1,)).item())
@@ -119,9 +127,27 @@ class RNGState(Callback):
             torch.manual_seed(seed)
             np.random.seed(seed)
             random.seed(seed)
-        datamodule = trainer.datamodule
-        if hasattr(datamodule, "reseed_train_randomness"):
-            datamodule.reseed_train_randomness(int(torch.randint(2**31 - 1, (1,)).item()))
+
+
+def _cuda_state() -> dict[str, list[torch.Tensor]]:
+    """``{"cuda": per-device generator states}`` where CUDA is in use here, else ``{}`` (a
+    CPU run does not initialise CUDA for this)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return {"cuda": list(torch.cuda.get_rng_state_all())}
+    return {}
+
+
+def _restore_cuda_state(states: list[torch.Tensor]) -> None:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count != len(states):
+        log.warning(
+            "the checkpoint has the CUDA RNG states of %d device(s), this process sees %d: "
+            "not restored (the resumed run draws other random numbers on the GPU)",
+            len(states),
+            count,
+        )
+        return
+    torch.cuda.set_rng_state_all(states)
 
 
 class WallClock(Callback):

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
 from tbps.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -78,19 +81,107 @@ def gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.T
     return _all_gather_padded(x, sizes)
 
 
-def gather_batch(tensors: Mapping[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
-    """Gather several per-sample tensors of one batch (same local row count); None stays None."""
-    if world_size() == 1:
-        return dict(tensors)
+def _batch_rows(tensors: Mapping[str, torch.Tensor | None]) -> tuple[int, torch.device] | None:
+    """(rows, device) of the tensors present, checked to have one row count; None if none."""
     present = [t for t in tensors.values() if t is not None]
     if not present:
-        return dict(tensors)
+        return None
     rows = present[0].shape[0]
     for name, t in tensors.items():
         if t is not None and t.shape[0] != rows:
             raise ValueError(f"cannot gather {name!r}: {t.shape[0]} rows, expected {rows}")
-    sizes = _gather_sizes(rows, present[0].device)
+    return rows, present[0].device
+
+
+def gather_batch(
+    tensors: Mapping[str, torch.Tensor | None], sizes: Sequence[int] | None = None
+) -> dict[str, torch.Tensor | None]:
+    """Gather several per-sample tensors of one batch (same local row count); None stays None.
+
+    ``sizes`` (rows of every rank, in rank order) skips the exchange of the row counts; it must
+    be what every rank has (see :class:`BatchGatherer`).
+    """
+    if world_size() == 1:
+        return dict(tensors)
+    found = _batch_rows(tensors)
+    if found is None:
+        return dict(tensors)
+    rows, device = found
+    if sizes is None:
+        sizes = _gather_sizes(rows, device)
+    elif len(sizes) != world_size() or sizes[dist.get_rank()] != rows:
+        raise ValueError(f"sizes {list(sizes)} do not fit {rows} local rows on this rank")
+    sizes = list(sizes)
     return {k: None if t is None else gather_with_grad(t, sizes) for k, t in tensors.items()}
+
+
+class BatchGatherer:
+    """:func:`gather_batch` for the training loop.
+
+    With ``equal_sizes`` (a train loader with ``drop_last=True`` and a fixed batch size, so
+    every rank has the same rows at every step) the row counts are exchanged at the first call
+    only, checked equal, and assumed afterwards: no size all-gather per step. Otherwise they are
+    exchanged at every call.
+    """
+
+    def __init__(self, equal_sizes: bool = False) -> None:
+        self.equal_sizes = equal_sizes
+        self.rows: int | None = None  # the checked local row count (equal_sizes only)
+
+    def __call__(
+        self, tensors: Mapping[str, torch.Tensor | None]
+    ) -> dict[str, torch.Tensor | None]:
+        if not self.equal_sizes or world_size() == 1:
+            return gather_batch(tensors)
+        found = _batch_rows(tensors)
+        if found is None:
+            return dict(tensors)
+        rows, device = found
+        if self.rows is None:
+            sizes = _gather_sizes(rows, device)
+            if len(set(sizes)) != 1:
+                raise ValueError(
+                    f"the ranks' training batches have different sizes {sizes}; expected equal "
+                    "sizes (a train loader with drop_last=True and a fixed batch size)"
+                )
+            self.rows = rows
+        elif rows != self.rows:
+            raise ValueError(
+                f"training batch of {rows} rows after batches of {self.rows}: the train loader "
+                "was said to give equal batch sizes"
+            )
+        return gather_batch(tensors, [rows] * world_size())
+
+
+def shard_bounds(batches: int, batch_size: int, total: int) -> list[tuple[int, int]]:
+    """Per rank, the ``[start, end)`` rows of its share of ``total`` rows cut in whole batches
+    of ``batch_size`` (``batches`` of them): contiguous shares in rank order, no padding
+    repeats, so the ranks' parts concatenated are the rows in order."""
+    ranks = world_size()
+    cuts = [min(total, (r * batches // ranks) * batch_size) for r in range(ranks)] + [total]
+    return [(cuts[r], cuts[r + 1]) for r in range(ranks)]
+
+
+def all_gather_rows(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """Concatenate ``x`` over all ranks in rank order, the ranks' row counts ``sizes`` known
+    (no exchange, no gradient); a world of one returns ``x``."""
+    if world_size() == 1:
+        return x
+    return _all_gather_padded(x, list(sizes))
+
+
+def broadcast_from_rank_zero(obj: T) -> T:
+    """Rank 0's ``obj`` (anything picklable) on every rank; a world of one returns ``obj``."""
+    if world_size() == 1:
+        return obj
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0 of the process group (True when not distributed)."""
+    return world_size() == 1 or dist.get_rank() == 0
 
 
 def launched_rank_zero() -> bool:

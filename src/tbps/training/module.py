@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from torch.utils.data import DataLoader
 
 from tbps.errors import ConfigError, TBPSError
 from tbps.evaluation.encode import encode_images_batch, encode_texts_batch
+from tbps.evaluation.metrics import chance_level
 from tbps.evaluation.retrieval import evaluate_embeddings
 from tbps.losses import (
     check_objectives_for_backbone,
@@ -21,7 +25,13 @@ from tbps.losses import (
 )
 from tbps.model.checkpoint import upgrade_state_dict
 from tbps.model.tbps import TBPSModel
-from tbps.training.distributed import gather_batch, world_size
+from tbps.training.distributed import (
+    BatchGatherer,
+    broadcast_from_rank_zero,
+    gather_batch,
+    is_rank_zero,
+    world_size,
+)
 from tbps.training.heads import TrainingHeads
 from tbps.training.optim import OptimSettings, build_scheduler, steps_per_epoch
 from tbps.training.step import softlabel_ramp, step_inputs
@@ -29,6 +39,10 @@ from tbps.training.step import softlabel_ramp, step_inputs
 log = logging.getLogger(__name__)
 
 NONFINITE_POLICIES = ("error", "skip")
+
+#: Lightning's advice to sync epoch-level logs under DDP, for values that are the same on
+#: every rank already (metrics computed on rank 0 and broadcast, the boosted fraction)
+_SYNCED_ALREADY = r"It is recommended to use `self\.log\('(val/|test/|train/boosted_fraction)"
 
 
 class NonFiniteLossError(TBPSError):
@@ -87,6 +101,10 @@ class TBPSLightningModule(L.LightningModule):
         self.results: dict[str, dict] = {}  # last metrics per prefix (val, test)
         self.test_label: str | None = None  # "best" / "last": test metrics as test/best/...
         self.embeddings: dict[str, dict[str, torch.Tensor]] = {}  # last eval embeddings per prefix
+        self.chance: dict[str, dict] = {}  # chance level of the last test (rank 0's, broadcast)
+        self._train_gather: BatchGatherer | None = None
+        self._device_weights: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._chance_of: tuple[tuple[torch.Tensor, torch.Tensor], dict] | None = None
 
     # -- heads --------------------------------------------------------------------------------
     def _build_heads(self, num_classes: int) -> TrainingHeads:
@@ -132,28 +150,61 @@ class TBPSLightningModule(L.LightningModule):
     def _batch_weights(self, batch: dict) -> torch.Tensor | None:
         if self.sample_weights is None or "indices" not in batch:
             return None
-        return self.sample_weights[batch["indices"].cpu()].to(self.device)
+        cached = self._device_weights
+        if (
+            cached is None
+            or cached[0] is not self.sample_weights
+            or cached[1].device != self.device
+        ):
+            # one host-to-device copy per new set of weights, not one per step
+            cached = (self.sample_weights, self.sample_weights.to(self.device))
+            self._device_weights = cached
+        return cached[1][batch["indices"].to(self.device)]
+
+    def _fixed_train_batches(self) -> bool:
+        """Whether every training batch has the same rows on every rank: a train loader with
+        ``drop_last=True`` and a fixed ``batch_size`` (then the size exchange is skipped)."""
+        loader = getattr(self._trainer, "train_dataloader", None) if self._trainer else None
+        return isinstance(loader, DataLoader) and loader.drop_last and loader.batch_size is not None
+
+    def _gather_inputs(self, tensors: dict) -> dict:
+        if self._train_gather is None:
+            self._train_gather = BatchGatherer(equal_sizes=self._fixed_train_batches())
+        return self._train_gather(tensors)
+
+    def on_train_start(self) -> None:
+        self._train_gather = None  # a new fit checks the batch sizes again at its first step
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         ramp = self._softlabel_ramp()
         inputs, metrics = step_inputs(
             self.model, self.heads, self.objectives, batch, self._batch_weights(batch), ramp
         )
-        global_inputs = inputs.gathered(gather_batch) if world_size() > 1 else None
+        distributed = world_size() > 1
+        global_inputs = inputs.gathered(self._gather_inputs) if distributed else None
         losses = compute_losses(self.objectives, inputs, global_inputs)
         batch_size = batch["pids"].shape[0]
         if not self._finite(losses, batch_idx):
             return None
-        # under DDP per-sample terms (ID, MLM, accuracies) differ per rank: log their mean
-        sync = world_size() > 1
-        self.log(
-            "train/loss", losses["total"], prog_bar=True, batch_size=batch_size, sync_dist=sync
-        )
-        for name, value in losses.items():
-            if name != "total":
-                self.log(f"train/{name}", value, batch_size=batch_size, sync_dist=sync)
-        for name, value in metrics.items():
-            self.log(f"train/{name}", value, batch_size=batch_size, sync_dist=sync)
+        # Per-step values are logged unsynced (the loggers write rank 0's): batch-level terms
+        # are the same on every rank, per-sample ones (ID, MLM, accuracies) are rank 0's. Under
+        # DDP the epoch means over all ranks are logged as train/<name>_epoch, reduced once at
+        # the epoch end (sync_dist on a step log would all-reduce at every step).
+        values = {"loss": losses["total"]}
+        values.update((name, v) for name, v in losses.items() if name != "total")
+        values.update(metrics)
+        for name, value in values.items():
+            key = f"train/{name}"
+            self.log(key, value, prog_bar=(name == "loss"), batch_size=batch_size)
+            if distributed:
+                self.log(
+                    f"{key}_epoch",
+                    value.detach(),
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=batch_size,
+                    sync_dist=True,
+                )
         self.log("train/logit_scale", inputs.logit_scale.detach(), batch_size=batch_size)
         if inputs.logit_bias is not None:
             self.log("train/logit_bias", inputs.logit_bias.detach(), batch_size=batch_size)
@@ -197,6 +248,10 @@ class TBPSLightningModule(L.LightningModule):
         )
         self.log("train/skipped_batches", float(self.skipped_batches), batch_size=1)
         return False
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1:
+            warnings.filterwarnings("ignore", _SYNCED_ALREADY, PossibleUserWarning)
 
     def on_fit_start(self) -> None:
         if self.on_nonfinite == "skip" and self.trainer.world_size > 1:
@@ -265,6 +320,46 @@ class TBPSLightningModule(L.LightningModule):
         keep[1:] = idx[1:] != idx[:-1]
         return feats[keep], pids[keep]  # on the device: metrics are computed there
 
+    def _rank_zero_scores(
+        self,
+        prefix: str,
+        images: torch.Tensor,
+        image_pids: torch.Tensor,
+        texts: torch.Tensor,
+        text_pids: torch.Tensor,
+    ) -> tuple[dict, dict | None]:
+        """(metrics, chance level or None) computed once, on rank 0 on the embeddings' device,
+        and broadcast: every rank returns rank 0's numbers (or raises rank 0's error)."""
+        payload: Any = None
+        if is_rank_zero():
+            try:
+                results = evaluate_embeddings(images, image_pids, texts, text_pids)
+                payload = (results, self._chance(prefix, image_pids, text_pids))
+            except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+                payload = e
+        payload = broadcast_from_rank_zero(payload)
+        if isinstance(payload, Exception):
+            if is_rank_zero():
+                raise payload
+            raise TBPSError(f"rank 0 failed to compute the {prefix} metrics: {payload}")
+        return payload
+
+    def _chance(
+        self, prefix: str, image_pids: torch.Tensor, text_pids: torch.Tensor
+    ) -> dict | None:
+        """The chance level of a test (computed again only when the scored pids change)."""
+        if prefix != "test":
+            return None
+        key = (image_pids.cpu(), text_pids.cpu())
+        cached = self._chance_of
+        if cached is not None and all(
+            a.shape == b.shape and torch.equal(a, b) for a, b in zip(cached[0], key)
+        ):
+            return cached[1]
+        chance = {"t2i": chance_level(key[1], key[0]), "i2t": chance_level(key[0], key[1])}
+        self._chance_of = (key, chance)
+        return chance
+
     def _eval_end(self, prefix: str) -> None:
         buffers = {k: torch.cat(v) for k, v in self._eval_buffers.items() if v}
         self._eval_buffers = {}
@@ -277,8 +372,10 @@ class TBPSLightningModule(L.LightningModule):
         texts, text_pids = self._gather_split(
             buffers["texts"], buffers["text_pids"], buffers["text_idx"]
         )
-        results = evaluate_embeddings(images, image_pids, texts, text_pids)
+        results, chance = self._rank_zero_scores(prefix, images, image_pids, texts, text_pids)
         self.results[prefix] = results
+        if chance is not None:
+            self.chance[prefix] = chance
         self.embeddings[prefix] = {
             "images": images.cpu(),
             "image_pids": image_pids.cpu(),
@@ -292,7 +389,7 @@ class TBPSLightningModule(L.LightningModule):
                     f"{name}/{task}/{key}",
                     float(metrics[key]),
                     prog_bar=(key == "R1" and task == "t2i"),
-                    sync_dist=self.trainer.world_size > 1,  # equal on every rank already
+                    sync_dist=False,  # rank 0's numbers on every rank: nothing to reduce
                 )
         if prefix == "val" and not self.trainer.sanity_checking and self.trainer.is_global_zero:
             when = (
