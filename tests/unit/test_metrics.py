@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tbps.evaluation import metrics as metrics_module
-from tbps.evaluation.metrics import retrieval_metrics
+from tbps.evaluation.metrics import retrieval_metrics, retrieval_metrics_from_embeddings
 
 
 def reference_metrics(sim: np.ndarray, qp: np.ndarray, gp: np.ndarray, ks=(1, 5, 10)) -> dict:
@@ -55,17 +55,73 @@ def test_matches_reference_with_ties_and_unmatched_queries(seed):
     assert_close(got, reference_metrics(sim, qp, gp))
 
 
-def test_sort_path_and_small_chunks_agree_with_reference(monkeypatch):
-    rng = np.random.default_rng(7)
-    gp = rng.integers(0, 3, size=90)  # ~30 positives per query -> the sorting path
-    qp = rng.integers(0, 4, size=50)
-    sim = rng.normal(size=(50, 90)).astype(np.float32)
-    sim[:, ::7] = 0.25  # ties
+def random_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Small random problems that hit every path: ties, +-0, few or many positives, no match."""
+    q, g = int(rng.integers(1, 30)), int(rng.integers(1, 70))
+    num_ids = int(rng.choice([1, 2, 3, 8, 40]))  # 1-3 ids: many positives per query
+    gp = rng.integers(0, num_ids, size=g)
+    qp = rng.integers(0, num_ids + 2, size=q)  # the two extra pids never appear in the gallery
+    kind = rng.integers(0, 4)
+    if kind == 0:  # coarse values: ties everywhere, also between positives and negatives
+        sim = rng.integers(-3, 4, size=(q, g)) / 3.0
+    elif kind == 1:  # continuous, with a few duplicated columns
+        sim = rng.normal(size=(q, g))
+        sim[:, :: int(rng.integers(2, 9))] = rng.normal()
+    elif kind == 2:  # zeros of both signs, and extreme magnitudes
+        choices = np.array([0.0, -0.0, 1e-45, -1e-45, 1e30, -1e30, 3e38, -3e38, 0.5, -0.5])
+        sim = rng.choice(choices, size=(q, g))
+    else:  # distinct in float64, equal once rounded to float32
+        sim = 1.0 + rng.integers(0, 3, size=(q, g)) * 1e-9 + rng.integers(0, 3, size=(q, g))
+    return sim.astype(np.float32), qp, gp
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_cases_match_brute_force_reference(seed, monkeypatch):
+    rng = np.random.default_rng(100 + seed)
+    sim, qp, gp = random_case(rng)
+    want = reference_metrics(sim, qp, gp, ks=(1, 3, 100))  # 100 > num_gallery
+    if want["num_queries"] == 0:
+        return
+    assert_close(retrieval_metrics(torch.from_numpy(sim), qp, gp, ks=(1, 3, 100)), want)
+    # One query per chunk and as few cells as possible: everything shares a cell.
+    monkeypatch.setattr(metrics_module, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(metrics_module, "_GALLERY_PER_CELL", 10**6)
+    monkeypatch.setattr(metrics_module, "_MIN_CELLS", 3)
+    assert_close(retrieval_metrics(torch.from_numpy(sim), qp, gp, ks=(1, 3, 100)), want)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_larger_continuous_cases_and_chunking(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    gp = rng.permutation(np.repeat(np.arange(12), rng.integers(1, 30, size=12)))
+    qp = rng.integers(0, 13, size=60)
+    sim = rng.normal(size=(60, gp.size)).astype(np.float32)
+    sim += 1.5 * (qp[:, None] == gp[None, :])
+    sim[:, :10] = np.round(sim[:, :10], 1)  # some ties
     want = reference_metrics(sim, qp, gp)
     assert_close(retrieval_metrics(sim, qp, gp), want)
-    monkeypatch.setattr(metrics_module, "_CHUNK_ELEMENTS", 64)
-    monkeypatch.setattr(metrics_module, "_MAX_POSITIVES_FOR_COUNTING", 1)
+    monkeypatch.setattr(metrics_module, "_CHUNK_BYTES", 7 * gp.size * 16)  # 7 queries a chunk
+    monkeypatch.setattr(metrics_module, "_GALLERY_PER_CELL", 2)
     assert_close(retrieval_metrics(sim, qp, gp), want)
+
+
+def test_from_embeddings_matches_the_similarity_matrix(monkeypatch):
+    rng = np.random.default_rng(3)
+    queries = torch.from_numpy(rng.normal(size=(50, 8)).astype(np.float32))
+    gallery = torch.from_numpy(rng.normal(size=(70, 8)).astype(np.float32))
+    gallery[10:20] = gallery[0]  # tied gallery items
+    qp, gp = rng.integers(0, 6, size=50), rng.integers(0, 5, size=70)
+    sim = (queries @ gallery.t()).numpy()
+    want = reference_metrics(sim, qp, gp)
+    assert_close(retrieval_metrics_from_embeddings(queries, gallery, qp, gp), want)
+    monkeypatch.setattr(metrics_module, "_CHUNK_BYTES", 1)
+    assert_close(retrieval_metrics_from_embeddings(queries, gallery, qp, gp), want)
+
+
+def test_float64_input_is_compared_in_float32():
+    sim = np.array([[1.0, 1.0 + 1e-12]])  # equal in float32: the tie goes to index 0
+    assert retrieval_metrics(sim, [1], [2, 1])["R1"] == 0.0
+    assert retrieval_metrics(sim, [2], [2, 1])["R1"] == 100.0
 
 
 def test_ties_are_broken_by_gallery_index():

@@ -8,8 +8,15 @@ Only the ranks of the correct gallery items are computed. For query q with corre
     INP_q = n / r_n
 
 Each is averaged over the queries that have at least one correct item and reported in percent;
-queries without any correct item are excluded and counted in ``num_excluded``. Everything runs
-on the device of the similarities (or embeddings): a GPU ranks a large split in milliseconds.
+queries without any correct item are excluded and counted in ``num_excluded``.
+
+Rank of a positive = 1 + number of gallery items ranked above it. Per chunk of queries, each row
+is mapped by a monotone affine map onto ``W`` integer cells spanning its positives' scores; one
+``bincount`` gives the items per cell, so everything in a cell strictly above (below) a positive's
+cell is above (below) it. Only the items that share a cell with a positive are compared exactly
+(float32 score, then gallery index), so the cost is a few passes over the scores, whatever the
+number of positives. Everything runs on the device of the similarities (or embeddings), and the
+temporaries of a chunk stay within ``_CHUNK_BYTES``.
 """
 
 from __future__ import annotations
@@ -22,10 +29,13 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: Elements of the temporary (queries x positives x gallery) comparison tensor per chunk.
-_CHUNK_ELEMENTS = 1 << 24
-#: Above this many positives per query, ranking by a full sort is cheaper than counting.
-_MAX_POSITIVES_FOR_COUNTING = 16
+#: Budget for the per-chunk temporaries (about 16 bytes per similarity of the chunk).
+_CHUNK_BYTES = 32 << 20
+_BYTES_PER_SIMILARITY = 16
+#: Cells per row = gallery size / this (at least _MIN_CELLS): fewer cells, more exact compares.
+_GALLERY_PER_CELL = 8
+_MIN_CELLS = 16
+_INT64_MAX = torch.iinfo(torch.int64).max
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray | Sequence, name: str) -> torch.Tensor:
@@ -37,44 +47,115 @@ def _as_tensor(x: torch.Tensor | np.ndarray | Sequence, name: str) -> torch.Tens
         raise TypeError(f"{name}: expected a tensor, array or sequence of numbers ({e})") from e
 
 
-def _order_keys(similarity: torch.Tensor) -> torch.Tensor:
-    """Map a float32 (Q, G) matrix to unique int64 keys with the ranking order.
+def _order_keys(values: torch.Tensor, gallery_idx: torch.Tensor, num_gallery: int) -> torch.Tensor:
+    """Unique int64 keys with the ranking order of (float32 score, gallery index) pairs.
 
-    A larger key ranks earlier: higher similarity first, then lower gallery index (stable ties).
+    A larger key ranks earlier: higher score first, then lower gallery index (stable ties).
     """
-    sim = similarity.float().contiguous() + 0.0  # + 0.0 turns -0.0 into +0.0
-    bits = sim.view(torch.int32)
+    bits = (values.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
     monotone = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # int32 order == float order
-    gallery_size = sim.shape[1]
-    tie_break = torch.arange(gallery_size - 1, -1, -1, dtype=torch.int64, device=sim.device)
-    return monotone.to(torch.int64) * (1 << 32) + tie_break
+    return monotone.to(torch.int64) * (1 << 32) + (num_gallery - 1 - gallery_idx)
 
 
-def _positive_ranks_by_counting(keys: torch.Tensor, pos_idx: torch.Tensor) -> torch.Tensor:
-    """Rank of each positive = 1 + number of gallery items with a larger key."""
-    pos_keys = keys.gather(1, pos_idx)  # (c, P)
-    return (keys[:, None, :] > pos_keys[:, :, None]).sum(-1, dtype=torch.int32).long() + 1
+def _flat_nonzero(flags: torch.Tensor) -> torch.Tensor:
+    """Indices of the True entries of a 1-D bool tensor whose length is a multiple of 8."""
+    words = torch.nonzero(flags.view(torch.int64)).squeeze(1)  # scan 8 flags at a time
+    hit = torch.nonzero(flags.view(-1, 8)[words])
+    return words[hit[:, 0]] * 8 + hit[:, 1]
 
 
-def _positive_ranks_by_sorting(keys: torch.Tensor, pos_idx: torch.Tensor) -> torch.Tensor:
-    order = keys.argsort(dim=1, descending=True)
-    ranks = torch.empty_like(order)
-    positions = torch.arange(1, keys.shape[1] + 1, device=keys.device).expand_as(order)
-    ranks.scatter_(1, order, positions)
-    return ranks.gather(1, pos_idx)
+def _cell_map(
+    pos_val: torch.Tensor, in_run: torch.Tensor, num_cells: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``(scale, offset)`` mapping the positives' scores onto cells 1..num_cells-2."""
+    lowest = pos_val.masked_fill(~in_run, float("inf")).amin(1)
+    highest = pos_val.masked_fill(~in_run, float("-inf")).amax(1)
+    span = highest - lowest
+    span = torch.where(span > 0, span, lowest.abs() + 1.0)  # one positive (or all tied)
+    # Cap the scale so that offset and scale * score never overflow into inf - inf = NaN.
+    limit = 1e30 / (torch.maximum(lowest.abs(), highest.abs()) + 1.0)
+    scale = torch.minimum((num_cells - 3) / span, limit)
+    offset = 1.0 - lowest * scale
+    ok = torch.isfinite(scale) & torch.isfinite(offset)
+    return torch.where(ok, scale, 0.0), torch.where(ok, offset, 1.0)
 
 
-def _chunk_end(sorted_num_pos: torch.Tensor, begin: int, num_gallery: int) -> int:
-    """End of the query chunk starting at ``begin`` whose comparison tensor fits the budget."""
-    total = sorted_num_pos.numel()
-    size = max(1, _CHUNK_ELEMENTS // (int(sorted_num_pos[begin]) * num_gallery))
-    end = min(begin + size, total)
-    # num_pos grows along the chunk (queries are sorted by it): shrink until the last fits.
-    while end - begin > 1 and (end - begin) * int(sorted_num_pos[end - 1]) * num_gallery > (
-        2 * _CHUNK_ELEMENTS
-    ):
-        end = begin + (end - begin) // 2
-    return end
+class _Scratch:
+    """Flat scratch tensors reused from chunk to chunk (no fresh pages for every chunk)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        buf = self._tensors.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            buf = torch.empty(numel, dtype=dtype, device=self.device)
+            self._tensors[name] = buf
+        return buf[:numel]
+
+
+def _positive_ranks(
+    sim: torch.Tensor, pos_idx: torch.Tensor, in_run: torch.Tensor, scratch: _Scratch
+) -> torch.Tensor:
+    """Ranks ``r_1 < r_2 < ...`` of the positives of each row of a float32 (c, G) chunk.
+
+    ``pos_idx`` (c, P) holds the positives' gallery indices, valid where ``in_run`` (the valid
+    ones first in each row). Entries past a row's positives are meaningless.
+    """
+    rows, num_gallery = sim.shape
+    num_cells = max(_MIN_CELLS, num_gallery // _GALLERY_PER_CELL)
+    device = sim.device
+    pos_val = sim.gather(1, pos_idx)
+    pos_key = _order_keys(pos_val, pos_idx, num_gallery).masked_fill(~in_run, _INT64_MAX)
+    pos_key, order = torch.sort(pos_key, dim=1)  # ascending; padding last
+    pos_idx = pos_idx.gather(1, order)
+    num_pos = pos_key.shape[1]
+
+    # Coarse step: cell of every score; row r owns the global cells r*W .. r*W + W - 1.
+    scale, offset = _cell_map(pos_val, in_run, num_cells)
+    numel = rows * num_gallery
+    cells_f = scratch.get("cells_f", numel, torch.float32).view(rows, num_gallery)
+    torch.mul(sim, scale[:, None], out=cells_f)  # two correctly rounded ops: monotone in sim
+    cells_f.add_(offset[:, None]).clamp_(0, num_cells - 1)
+    cells = scratch.get("cells", numel, torch.int32).view(rows, num_gallery)
+    cells.copy_(cells_f)  # truncation = floor (all >= 0)
+    row_base = torch.arange(rows, dtype=torch.int32, device=device) * num_cells
+    cells.add_(row_base[:, None])
+    flat = cells.view(-1)
+    per_cell = torch.bincount(flat, minlength=rows * num_cells)
+    pos_cell = cells.gather(1, pos_idx).long()  # (c, P) global cells of the positives
+    shared = torch.zeros(rows * num_cells, dtype=torch.bool, device=device)
+    shared[pos_cell[in_run]] = True  # cells holding a positive: their items are compared exactly
+    flags = scratch.get("flags", -(-numel // 8) * 8, torch.bool)
+    flags[numel:] = False
+    torch.index_select(shared, 0, flat, out=flags[:numel])
+    # Items in cells strictly above a positive's cell rank above it.
+    per_cell.masked_fill_(shared, 0)
+    cumulative = per_cell.view(rows, num_cells).cumsum(1)
+    above = cumulative[:, -1:] - cumulative.gather(1, pos_cell - row_base[:, None].long())
+
+    # Exact step: items sharing a cell with a positive, by (score, gallery index) key.
+    where = _flat_nonzero(flags)
+    row, col = where // num_gallery, where % num_gallery
+    key = _order_keys(sim[row, col], col, num_gallery)
+    item_cell = cells.view(-1)[where].long()
+    # The valid positives, flattened row after row, are sorted by global cell and by key.
+    n = in_run.sum(1)
+    flat_cell, flat_key = pos_cell[in_run], pos_key[in_run]
+    first = torch.searchsorted(flat_cell, item_cell)  # first positive of the item's cell
+    stop = torch.searchsorted(flat_cell, item_cell, right=True)
+    below = first - (torch.cumsum(n, 0) - n)[row]  # positives in lower cells of the row
+    for t in range(int((stop - first).max()) if where.numel() else 0):  # usually 1 per cell
+        j = first + t
+        below += (j < stop) & (flat_key[j.clamp(max=flat_key.numel() - 1)] < key)
+    slots = torch.bincount(row * (num_pos + 1) + below, minlength=rows * (num_pos + 1))
+    slots = slots.view(rows, num_pos + 1)
+    # Items with ``below > i`` rank above positive i: suffix sums over the slots.
+    above += slots.flip(1).cumsum(1).flip(1)[:, 1:]
+    # Ascending key order -> ascending rank order: the i-th best of n positives is n - 1 - i.
+    best_first = (n[:, None] - 1 - torch.arange(num_pos, device=device)).clamp(min=0)
+    return above.gather(1, best_first) + 1
 
 
 def retrieval_metrics(
@@ -95,7 +176,12 @@ def retrieval_metrics(
     if not torch.isfinite(sim.sum()) and not torch.isfinite(sim).all():
         raise ValueError("similarity contains NaN or Inf values")
     return _ranking_metrics(
-        lambda rows: sim[rows], tuple(sim.shape), query_pids, gallery_pids, ks, sim.device
+        lambda rows, _: sim[rows].float(),
+        tuple(sim.shape),
+        query_pids,
+        gallery_pids,
+        ks,
+        sim.device,
     )
 
 
@@ -121,8 +207,14 @@ def retrieval_metrics_from_embeddings(
     if not (torch.isfinite(queries).all() and torch.isfinite(gallery).all()):
         raise ValueError("embeddings contain NaN or Inf values")
     shape = (queries.shape[0], gallery.shape[0])
+
+    def similarity_rows(rows: slice | torch.Tensor, scratch: _Scratch) -> torch.Tensor:
+        q = queries[rows]
+        out = scratch.get("similarity", q.shape[0] * shape[1], torch.float32)
+        return torch.matmul(q, gallery.t(), out=out.view(q.shape[0], shape[1]))
+
     return _ranking_metrics(
-        lambda rows: queries[rows] @ gallery.t(),
+        similarity_rows,
         shape,
         query_pids,
         gallery_pids,
@@ -132,14 +224,14 @@ def retrieval_metrics_from_embeddings(
 
 
 def _ranking_metrics(
-    similarity_rows: Callable[[torch.Tensor], torch.Tensor],
+    similarity_rows: Callable[[slice | torch.Tensor, _Scratch], torch.Tensor],
     shape: tuple[int, int],
     query_pids: torch.Tensor | np.ndarray | Sequence[int],
     gallery_pids: torch.Tensor | np.ndarray | Sequence[int],
     ks: Sequence[int],
     device: torch.device,
 ) -> dict[str, float | int]:
-    """The metrics, given ``similarity_rows(query_indices) -> (c, G)`` similarities."""
+    """The metrics, given ``similarity_rows(rows, scratch) -> (c, G)`` float32 similarities."""
     qp = _as_tensor(query_pids, "query_pids").reshape(-1).long().to(device)
     gp = _as_tensor(gallery_pids, "gallery_pids").reshape(-1).long().to(device)
     if shape != (qp.numel(), gp.numel()):
@@ -163,55 +255,42 @@ def _ranking_metrics(
         num_pos = torch.where(uniq[slot] == qp, counts[slot], torch.zeros_like(qp))
 
     valid = torch.nonzero(num_pos > 0).flatten()
-    num_excluded = int(qp.numel() - valid.numel())
+    num_valid = valid.numel()
+    num_excluded = int(qp.numel() - num_valid)
     if num_excluded:
         log.info(
             "%d of %d queries have no match in the gallery: excluded", num_excluded, qp.numel()
         )
-    if valid.numel() == 0:
+    if num_valid == 0:
         nan = float("nan")
         out: dict[str, float | int] = {f"R{k}": nan for k in ks}
         out.update(mAP=nan, mINP=nan, num_queries=0, num_excluded=num_excluded)
         return out
 
-    # Process queries in order of their number of positives, so padding stays small per chunk.
-    valid = valid[torch.argsort(num_pos[valid], stable=True)]
-    hits = {k: torch.zeros(valid.numel(), dtype=torch.bool, device=device) for k in ks}
-    ap = torch.zeros(valid.numel(), dtype=torch.float64, device=device)
-    inp = torch.zeros(valid.numel(), dtype=torch.float64, device=device)
-
-    sorted_num_pos = num_pos[valid].cpu()  # chunk bounds are planned on the host
-    begin = 0
-    while begin < valid.numel():
-        end = _chunk_end(sorted_num_pos, begin, num_gallery)
-        rows = valid[begin:end]
+    first = torch.empty(num_valid, dtype=torch.int64, device=device)
+    ap = torch.empty(num_valid, dtype=torch.float64, device=device)
+    inp = torch.empty(num_valid, dtype=torch.float64, device=device)
+    scratch = _Scratch(device)
+    chunk = max(1, _CHUNK_BYTES // (num_gallery * _BYTES_PER_SIMILARITY))
+    for begin in range(0, num_valid, chunk):
+        end = min(begin + chunk, num_valid)
+        # Contiguous query ranges (views of the similarity) when no query is excluded.
+        rows = slice(begin, end) if num_excluded == 0 else valid[begin:end]
         n = num_pos[rows]  # (c,)
-        p_max = int(n[-1])
-        offsets = torch.arange(p_max, device=device)
+        offsets = torch.arange(int(n.max()), device=device)
         in_run = offsets[None, :] < n[:, None]  # (c, P)
         run_pos = (starts[slot[rows]][:, None] + offsets[None, :]).clamp(max=num_gallery - 1)
         pos_idx = gp_order[run_pos]  # gallery indices of the positives (padded)
-        keys = _order_keys(similarity_rows(rows))
-        if p_max <= _MAX_POSITIVES_FOR_COUNTING:
-            ranks = _positive_ranks_by_counting(keys, pos_idx)
-        else:
-            ranks = _positive_ranks_by_sorting(keys, pos_idx)
-        ranks = torch.where(in_run, ranks, torch.full_like(ranks, num_gallery + 1))
-        ranks, _ = torch.sort(ranks, dim=1)  # r_1 <= r_2 <= ... (padding last)
-        first = ranks[:, 0]
-        for k in ks:
-            hits[k][begin:end] = first <= k
-        i = torch.arange(1, p_max + 1, dtype=torch.float64, device=device)
-        precision_at_hits = torch.where(in_run, i[None, :] / ranks.double(), 0.0)
-        ap[begin:end] = precision_at_hits.sum(1) / n.double()
-        last = ranks.gather(1, (n - 1)[:, None]).squeeze(1)
-        inp[begin:end] = n.double() / last.double()
-        begin = end
+        ranks = _positive_ranks(similarity_rows(rows, scratch), pos_idx, in_run, scratch)
+        first[begin:end] = ranks[:, 0]
+        i = (offsets + 1).double()
+        ap[begin:end] = torch.where(in_run, i / ranks.double(), 0.0).sum(1) / n.double()
+        inp[begin:end] = n.double() / ranks.gather(1, (n - 1)[:, None]).squeeze(1).double()
 
-    out = {f"R{k}": 100.0 * hits[k].double().mean().item() for k in ks}
+    out = {f"R{k}": 100.0 * (first <= k).double().mean().item() for k in ks}
     out["mAP"] = 100.0 * ap.mean().item()
     out["mINP"] = 100.0 * inp.mean().item()
-    out["num_queries"] = int(valid.numel())
+    out["num_queries"] = int(num_valid)
     out["num_excluded"] = num_excluded
     return out
 
