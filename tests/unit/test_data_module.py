@@ -159,3 +159,35 @@ def test_required_views_from_objectives():
     assert required_views(["ss", "sdm"]) == DataViews(ss=True)
     assert required_views({"sdm": {"weight": 0.1}}) == DataViews()
     assert (DataViews(mvs=True) | DataViews(mlm=True)).names() == ["mvs", "mlm"]
+
+
+def test_cached_images_give_the_same_batches_and_are_decoded_once(dataset, tokenizer, monkeypatch):
+    from tbps.data import datasets
+
+    decoded = Counter()
+    load = datasets.load_image
+
+    def counting(path):
+        decoded[path] += 1
+        return load(path)
+
+    monkeypatch.setattr(datasets, "load_image", counting)
+    runs = {}
+    for cache in (False, True):
+        dm = _module(dataset, tokenizer, augment="irra", mvs=True, cache_images=cache)
+        loader = dm.train_dataloader()
+        decoded.clear()
+        epochs = []
+        for epoch in (0, 1):
+            loader.sampler.set_epoch(epoch)
+            epochs.append(list(loader))
+        runs[cache] = (epochs, dict(decoded))
+    (plain, plain_decoded), (cached, cached_decoded) = runs[False], runs[True]
+    for a, b in zip(plain, cached):
+        assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in ("images", "aug_images"))
+    assert max(plain_decoded.values()) > 1 and set(cached_decoded.values()) == {1}
+    with pytest.raises(ConfigError, match="cannot be used with SS views"):
+        _module(dataset, tokenizer, cache_images=True, ss_views=True)
+    auto = _module(dataset, tokenizer, ss_views=True)  # auto: SS views crop the full image
+    assert auto.build_train()._resized is None
+    assert _module(dataset, tokenizer).build_train()._resized is not None  # small: cached

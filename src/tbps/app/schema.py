@@ -78,6 +78,7 @@ LOADER = {
     "loader.batch_size": POSITIVE_INT,
     "loader.eval_batch_size": POSITIVE_INT,
     "loader.num_workers": NON_NEGATIVE_INT | Rule(lambda v: v == "auto", "auto"),
+    "loader.cache_images": BOOL | Rule(lambda v: v == "auto", "auto"),
 }
 
 

@@ -538,6 +538,7 @@ def _run(
         seed=cfg.seed,
         sampler=cfg.loader.sampler,
         num_instances=cfg.loader.num_instances,
+        cache_images=cfg.loader.get("cache_images", "auto"),
         **data_views_from_config(cfg),
     )
     datamodule.build_train()  # fixes num_classes (train pids remapped to 0..N-1)

@@ -53,6 +53,10 @@ class SeededIdentitySampler(_DrawSeeds, IdentitySampler):
     """:class:`IdentitySampler` (P x K batches) with draw seeds."""
 
 
+#: bytes of resized uint8 training images all loading processes may keep (cache_images=auto)
+CACHE_BUDGET = 2 * 2**30
+
+
 class TBPSDataModule(L.LightningDataModule):
     """Training pairs (pids remapped to 0..N-1) plus gallery/query loaders for val and test.
 
@@ -92,8 +96,16 @@ class TBPSDataModule(L.LightningDataModule):
         mlm: bool = False,
         mlm_probability: float = 0.15,
         text_augment: TextAugmentOptions | None = None,
+        cache_images: bool | str = "auto",
     ) -> None:
         super().__init__()
+        if cache_images not in (True, False, "auto"):
+            raise ConfigError(f"loader.cache_images={cache_images!r}; valid: auto, true, false")
+        if cache_images is True and ss_views:
+            raise ConfigError(
+                "loader.cache_images=true cannot be used with SS views (objectives.ss): they crop "
+                "the full-size image; use auto or false"
+            )
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown loader.sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         if sampler == "identity" and (num_instances < 1 or batch_size % num_instances):
@@ -120,6 +132,8 @@ class TBPSDataModule(L.LightningDataModule):
         self.test_split = test_split
         self.on_bad_image = on_bad_image
         self.seed = seed
+        self.cache_images = cache_images
+        self.image_size = tuple(image_size)
         self._train: TrainPairs | None = None
         self._eval: dict[str, tuple[GalleryImages, QueryCaptions]] = {}
         self.num_classes = 0
@@ -145,10 +159,40 @@ class TBPSDataModule(L.LightningDataModule):
                 )
             augmenter = TextAugmenter(self.text_augment, self.seed) if self.text_augment else None
             self._train = TrainPairs(
-                records, self.train_transform, self.mvs, self.ss_transform, augmenter
+                records,
+                self.train_transform,
+                self.mvs,
+                self.ss_transform,
+                augmenter,
+                cache_images=self._decide_cache(records),
             )
             log.info("train: %d ids, %d captions", self.num_classes, len(records))
         return self._train
+
+    def _decide_cache(self, records) -> bool:
+        """Whether to keep the resized training images in memory: ``auto`` when every
+        process that loads them (the workers, or this one) fits them in CACHE_BUDGET bytes."""
+        if self.cache_images is not True and (
+            self.cache_images is False or self.ss_transform is not None
+        ):
+            return False
+        images = len({r.image_path for r in records})
+        height, width = self.image_size
+        need = images * 3 * height * width * max(1, self.num_workers)
+        if self.cache_images == "auto" and need > CACHE_BUDGET:
+            log.info(
+                "train images not cached: %d images need %.1f GiB (budget %.1f GiB)",
+                images,
+                need / 2**30,
+                CACHE_BUDGET / 2**30,
+            )
+            return False
+        log.info(
+            "train images cached after their first decoding: %d images, %.0f MiB per process",
+            images,
+            images * 3 * height * width / 2**20,
+        )
+        return True
 
     def build_eval(self, split: str) -> tuple[GalleryImages, QueryCaptions]:
         if split not in self._eval:

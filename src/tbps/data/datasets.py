@@ -13,7 +13,7 @@ from tbps.data.mlm import TokenMasker
 from tbps.data.records import CaptionRecord
 from tbps.data.text_augment import TextAugmenter
 from tbps.data.tokenization import tokenize
-from tbps.data.transforms import Transform
+from tbps.data.transforms import TrainStages, Transform
 
 
 class TrainPairs(Dataset):
@@ -26,6 +26,9 @@ class TrainPairs(Dataset):
     choices (image transforms, EDA) come from ``seed`` alone and the global RNG is left as it
     was; the sample then also carries ``"seed"`` (the collator derives the MLM masking from
     it). Indexed by a plain ``index``, they come from the global RNG.
+    ``cache_images``: keep each image's resized uint8 tensor (``transform.resize``, the
+    deterministic first stage of :class:`TrainStages`) in memory after its first decoding, so
+    later epochs only augment; the samples are the same as without the cache.
     """
 
     def __init__(
@@ -35,9 +38,15 @@ class TrainPairs(Dataset):
         mvs: bool = False,
         ss_transform: Transform | None = None,
         text_augment: TextAugmenter | None = None,
+        cache_images: bool = False,
     ) -> None:
+        if cache_images and not isinstance(transform, TrainStages):
+            raise TypeError("cache_images needs a TrainStages transform (resize, augment)")
+        if cache_images and ss_transform is not None:
+            raise ValueError("cache_images cannot be used with SS views: they crop the full image")
         self.records = list(records)
         self.transform = transform
+        self._resized: dict[str, torch.Tensor] | None = {} if cache_images else None
         self.mvs = mvs
         self.ss_transform = ss_transform
         self.text_augment = text_augment
@@ -49,27 +58,37 @@ class TrainPairs(Dataset):
         if not isinstance(key, tuple):
             return self._sample(key)
         index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # the CPU generator is all transforms draw from
+            torch.default_generator.manual_seed(seed)  # torch.manual_seed also seeds devices
             if self.text_augment is not None:
                 self.text_augment.reseed(seed)
             sample = self._sample(index)
         sample["seed"] = seed
         return sample
 
+    def _image(self, path: str):
+        """The decoded image, or its cached resized uint8 tensor when caching."""
+        if self._resized is None:
+            return load_image(path)
+        resized = self._resized.get(path)
+        if resized is None:
+            resized = self._resized[path] = self.transform.resize(load_image(path))
+        return resized
+
     def _sample(self, index: int) -> dict:
         r = self.records[index]
-        image = load_image(r.image_path)
+        image = self._image(r.image_path)
+        transform = self.transform if self._resized is None else self.transform.augment
         caption = r.caption if self.text_augment is None else self.text_augment(r.caption)
         sample = {
-            "image": self.transform(image),
+            "image": transform(image),
             "caption": caption,
             "pid": r.pid,
             "image_id": r.image_id,
             "index": index,
         }
         if self.mvs:
-            sample["aug_image"] = self.transform(image)
+            sample["aug_image"] = transform(image)
         if self.ss_transform is not None:
             sample["ss_image1"] = self.ss_transform(image)
             sample["ss_image2"] = self.ss_transform(image)

@@ -77,24 +77,40 @@ class RandomDistinctOps(torch.nn.Module):
         return f"k={self.k}"
 
 
-def _irra(size: Size, mean: Sequence[float], std: Sequence[float]) -> Transform:
-    return T.Compose(
-        [
-            T.Resize(size),
-            T.RandomHorizontalFlip(0.5),
-            T.Pad(10),
-            T.RandomCrop(size),
-            *_to_tensor(mean, std),
-            T.RandomErasing(scale=(0.02, 0.4), value=0),
-        ]
+class TrainStages(T.Compose):
+    """A preset's training transform as two stages: ``resize`` (PIL image -> resized uint8
+    (3, H, W) tensor, deterministic, so its result may be cached) and ``augment`` (uint8 tensor
+    -> augmented, normalised float32). Called as a whole it is the full transform."""
+
+    def __init__(self, resize: T.Compose, augment: T.Compose) -> None:
+        super().__init__([*resize.transforms, *augment.transforms])
+        self.resize = resize
+        self.augment = augment
+
+
+def _resize_stage(size: Size, interpolation: InterpolationMode) -> T.Compose:
+    return T.Compose([T.Resize(size, interpolation=interpolation), T.ToImage()])
+
+
+def _irra(size: Size, mean: Sequence[float], std: Sequence[float]) -> TrainStages:
+    return TrainStages(
+        _resize_stage(size, InterpolationMode.BILINEAR),
+        T.Compose(
+            [
+                T.RandomHorizontalFlip(0.5),
+                T.Pad(10),
+                T.RandomCrop(size),
+                *_to_tensor(mean, std)[1:],
+                T.RandomErasing(scale=(0.02, 0.4), value=0),
+            ]
+        ),
     )
 
 
 def _pick_two(
     size: Size, mean: Sequence[float], std: Sequence[float], interpolation: InterpolationMode
-) -> Transform:
+) -> TrainStages:
     """Resize, then 2 distinct ops of six (TBPS-CLIP), on the uint8 tensor, then normalise.
-
     An op that is picked is applied (flip and erasing always; grayscale with p 0.1).
     """
     ops = [
@@ -107,31 +123,33 @@ def _pick_two(
         T.RandomHorizontalFlip(1.0),
         T.RandomErasing(p=1.0, scale=(0.10, 0.20), value=0),
     ]
-    return T.Compose(
-        [
-            T.Resize(size, interpolation=interpolation),
-            T.ToImage(),
-            RandomDistinctOps(ops, k=2),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(mean, std),
-        ]
+    return TrainStages(
+        _resize_stage(size, interpolation),
+        T.Compose(
+            [
+                RandomDistinctOps(ops, k=2),
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize(mean, std),
+            ]
+        ),
     )
 
 
-def _tbps_clip(size: Size, mean: Sequence[float], std: Sequence[float]) -> Transform:
+def _tbps_clip(size: Size, mean: Sequence[float], std: Sequence[float]) -> TrainStages:
     return _pick_two(size, mean, std, InterpolationMode.BILINEAR)
 
 
-def _siglip(size: Size, mean: Sequence[float], std: Sequence[float]) -> Transform:
+def _siglip(size: Size, mean: Sequence[float], std: Sequence[float]) -> TrainStages:
     return _pick_two(size, mean, std, InterpolationMode.BICUBIC)
 
 
-def _none(size: Size, mean: Sequence[float], std: Sequence[float]) -> Transform:
-    return eval_transform(size, mean, std)
+def _none(size: Size, mean: Sequence[float], std: Sequence[float]) -> TrainStages:
+    resize, normalise = eval_stages(size, mean, std)
+    return TrainStages(resize, normalise)
 
 
 #: preset -> (train transform builder, resize interpolation shared with its eval transform)
-PRESETS: dict[str, tuple[Callable[[Size, Sequence[float], Sequence[float]], Transform], str]] = {
+PRESETS: dict[str, tuple[Callable[[Size, Sequence[float], Sequence[float]], TrainStages], str]] = {
     "irra": (_irra, InterpolationMode.BILINEAR),
     "tbps_clip": (_tbps_clip, InterpolationMode.BILINEAR),
     "siglip": (_siglip, InterpolationMode.BICUBIC),
@@ -161,7 +179,7 @@ def build_image_transforms(
     image_size: Sequence[int],
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
-) -> tuple[Transform, Transform]:
+) -> tuple[TrainStages, Transform]:
     """(train, eval) transforms of a preset; both normalise with the same mean/std.
 
     ``irra``: resize, h-flip 0.5, pad 10, random crop, normalise, random erasing (0.02-0.4).
