@@ -201,6 +201,8 @@ def test_bad_irra_inputs_are_one_clear_line(tmp_path, capsys):
     torch.save(state, plain)
     assert main(["convert", f"src={plain}", f"out={tmp_path / 'm4'}", "from=irra"]) == 2
     assert "not an IRRA best.pth (no 'model' state dict" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"image size \(64,\): expected \[H, W\]"):
+        convert_published("irra", src, tmp_path / "m5", image_size=(64,))
     with pytest.raises(ConfigError, match="not empty"):
         convert_published("irra", src, tmp_path / "m2", image_size=SIZE)
 

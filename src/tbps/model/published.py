@@ -251,22 +251,26 @@ def _run_settings(src: Path, method: str, image_size) -> dict[str, Any]:
         )
     if image_size is not None:
         settings["img_size"] = tuple(image_size)
-    size = settings["img_size"]
-    if not (
-        isinstance(size, (list, tuple))
-        and len(size) == 2
-        and all(isinstance(v, int) and v > 0 for v in size)
-    ):
-        raise ConfigError(
-            f"image size {size!r}: expected [H, W] (configs.yaml img_size or image_size=)"
-        )
-    settings["img_size"] = (int(size[0]), int(size[1]))
+    settings["img_size"] = _image_size(
+        settings["img_size"], "configs.yaml img_size or image_size=", str(src)
+    )
     ratio = settings.get("select_ratio", 0.3)
     if not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
         raise ConfigError(
             f"{settings.get('from', src)}: select_ratio {ratio!r} is not a ratio in (0, 1]"
         )
     return settings
+
+
+def _image_size(size: Any, where: str, source: str) -> tuple[int, int]:
+    """``size`` as (H, W), or one clear error saying where it came from."""
+    if not (
+        isinstance(size, (list, tuple))
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise ConfigError(f"{source}: image size {size!r}: expected [H, W] ({where})")
+    return int(size[0]), int(size[1])
 
 
 def _clip_backbone(src: Path, state: dict[str, torch.Tensor], settings: dict[str, Any]):
@@ -439,15 +443,7 @@ def read_tbps_clip_checkpoint(
     size = image_size or experiment.get("input_resolution", TBPS_CLIP_DEFAULTS["input_resolution"])
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
-    if not (
-        isinstance(size, (list, tuple))
-        and len(size) == 2
-        and all(isinstance(v, int) and v > 0 for v in size)
-    ):
-        raise ConfigError(
-            f"{path}: image size {size!r}: expected [H, W] (config experiment.input_resolution "
-            "or image_size=)"
-        )
+    size = _image_size(size, "config experiment.input_resolution or image_size=", str(path))
     text_length = experiment.get("text_length", TBPS_CLIP_DEFAULTS["text_length"])
     rows = backbone["positional_embedding"].shape[0] if "positional_embedding" in backbone else 0
     if rows != text_length:
@@ -457,7 +453,7 @@ def read_tbps_clip_checkpoint(
         )
     patch = int(backbone["visual.conv1.weight"].shape[-1])
     settings = {
-        "img_size": (int(size[0]), int(size[1])),
+        "img_size": size,
         "stride_size": patch,  # TBPS-CLIP's patches do not overlap
         "temperature": None,  # its learned logit_scale
         "mean": IMAGENET_MEAN,
