@@ -90,8 +90,8 @@ class _Strategy:
         return int(votes) == dist.get_world_size()
 
 
-def _agree(run_dir, digest):
-    agreement = RankAgreement(Path(run_dir), digest)
+def _agree(run_dir, digests):
+    agreement = RankAgreement(Path(run_dir), digests)
     trainer = SimpleNamespace(world_size=dist.get_world_size(), strategy=_Strategy())
     try:
         agreement.setup(trainer, None, "fit")
@@ -110,8 +110,10 @@ def _rank_main(rank, dataset, tokenizer):
         dm = _datamodule(dataset, tokenizer, batch_size=4, sampler=sampler)
         batches[sampler] = _indices(dm.train_dataloader())
     folders = [
-        _agree(f"/runs/stamp-of-rank-{rank}", "same"),
-        _agree(f"/runs/stamp-of-rank-{rank}", f"digest-{rank}"),
+        _agree(f"/runs/stamp-of-rank-{rank}", {"config": "c", "tokenizer": "t"}),
+        _agree(f"/runs/stamp-of-rank-{rank}", {"config": "c", "tokenizer": f"t{rank}"}),
+        _agree(f"/runs/stamp-of-rank-{rank}", {"config": f"c{rank}", "data": "d"}),
+        _agree(f"/runs/stamp-of-rank-{rank}", {"config": "c", "data": f"d{rank}"}),
     ]
     return batches, folders
 
@@ -153,11 +155,13 @@ def test_two_gloo_ranks_shard_the_training_batches_and_agree_on_the_run_folder(t
     assert identity[0] == schedule[0 : 2 * len(identity[0]) : 2]
     assert identity[1] == schedule[1 : 2 * len(identity[1]) : 2]
 
-    # rank 1 adopts rank 0's run folder; a tokenizer mismatch stops every rank
+    # rank 1 adopts rank 0's run folder; a config, data or tokenizer mismatch stops every rank
     for rank in range(2):
-        adopted, mismatch = results[rank][1]
+        adopted, tokenizer, config, data = results[rank][1]
         assert adopted == "/runs/stamp-of-rank-0"
-        assert mismatch.startswith("error: the ranks built different tokenizers")
+        assert tokenizer.startswith("error: the ranks built different tokenizers")
+        assert config.startswith("error: the ranks were started with different configurations")
+        assert data.startswith("error: the ranks read different data")
 
 
 # -- torchrun end to end -------------------------------------------------------------------------

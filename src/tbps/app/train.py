@@ -61,7 +61,12 @@ from tbps.training.checkpoint import (
     check_compatible,
     tokenizer_state,
 )
-from tbps.training.distributed import RankAgreement, files_digest, launched_rank_zero
+from tbps.training.distributed import (
+    RankAgreement,
+    files_digest,
+    launched_rank_zero,
+    text_digest,
+)
 from tbps.training.loggers import build_loggers, provenance
 from tbps.training.module import TBPSLightningModule
 
@@ -475,6 +480,35 @@ def _failure_report(
     return str(out)
 
 
+#: settings that may differ between nodes (where each finds its files), left out of the
+#: configuration digest the ranks compare
+NODE_LOCAL_KEYS = ("run_dir", "runs_dir", "cache_dir", "resume", "data.root", "backbone.path")
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """A digest of the resolved configuration without the node-local paths."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in NODE_LOCAL_KEYS:
+        *parents, leaf = key.split(".")
+        node = plain
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return text_digest(json.dumps(plain, sort_keys=True, default=str))
+
+
+def dataset_digest(dataset: DatasetSplits) -> str:
+    """A digest of what the splits hold: per image its path below the root, pid and captions."""
+    root = str(dataset.root)
+    rows = [
+        (split, os.path.relpath(r.image_path, root), r.pid, r.captions)
+        for split in sorted(dataset.splits)
+        for r in dataset.splits[split]
+    ]
+    return text_digest(json.dumps(rows))
+
+
 def _boosting_callbacks(cfg: DictConfig, num_workers: int) -> list[HardSampleBoosting]:
     boost = cfg.boosting
     if not boost.enabled:
@@ -563,7 +597,14 @@ def _run(
 
     checkpoint, callbacks = _callbacks(cfg, run_dir, num_workers)
     clock = next(c for c in callbacks if isinstance(c, WallClock))
-    agreement = RankAgreement(run_dir, files_digest(module.tokenizer_state["files"]))
+    agreement = RankAgreement(
+        run_dir,
+        {
+            "config": config_digest(cfg),
+            "data": dataset_digest(dataset),
+            "tokenizer": files_digest(module.tokenizer_state["files"]),
+        },
+    )
     callbacks.append(agreement)
     loggers = _loggers(cfg, run_dir, resumed=resume is not None)
     for logger in loggers:

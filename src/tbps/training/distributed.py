@@ -198,6 +198,11 @@ def launched_rank_zero() -> bool:
     return all(int(env.get(k) or 0) == 0 for k in ("SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
 
 
+def text_digest(text: str) -> str:
+    """A digest of a text (a configuration, a dataset listing), to compare across ranks."""
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
 def files_digest(files: Mapping[str, bytes]) -> str:
     """A digest of named byte strings (a tokenizer's saved files), to compare across ranks."""
     sha = hashlib.sha1()
@@ -208,27 +213,36 @@ def files_digest(files: Mapping[str, bytes]) -> str:
 
 class RankAgreement(Callback):
     """Under DDP, once the process group exists (``setup``): every rank takes rank 0's run
-    folder and checks that it built the same tokenizer as rank 0.
+    folder and checks that it has the same configuration, data and tokenizer as rank 0.
 
     Ranks started by torchrun or srun each pick a timestamped run folder name before they can
     talk to each other; only rank 0 creates and writes its folder, the others adopt it here
-    (``run_dir``). Tokenizers trained from scratch are deterministic, but a mismatch would
-    silently train on different token ids, so the ranks compare digests and all stop if any
-    differs.
+    (``run_dir``). ``digests`` name what must agree (e.g. ``{"config": …, "data": …,
+    "tokenizer": …}``): ranks launched with different overrides, reading different data, or
+    building different tokenizers would silently train different things, so the ranks compare
+    digests and all stop, naming the first that differs.
     """
 
-    def __init__(self, run_dir: Path, tokenizer_digest: str) -> None:
+    #: what to tell the user for a digest that differs
+    ADVICE = {
+        "config": "the ranks were started with different configurations; launch every rank "
+        "with the same command and overrides",
+        "data": "the ranks read different data; point every node at the same dataset "
+        "(the same files, captions and splits)",
+        "tokenizer": "the ranks built different tokenizers from the same training captions; "
+        "check that every node runs the same tbps/tokenizers versions on the same data",
+    }
+
+    def __init__(self, run_dir: Path, digests: Mapping[str, str]) -> None:
         self.run_dir = Path(run_dir)
-        self.tokenizer_digest = tokenizer_digest
+        self.digests = dict(digests)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.world_size == 1:
             return
         strategy = trainer.strategy
         self.run_dir = Path(strategy.broadcast(str(self.run_dir), src=0))
-        same = strategy.broadcast(self.tokenizer_digest, src=0) == self.tokenizer_digest
-        if not strategy.reduce_boolean_decision(same, all=True):
-            raise ConfigError(
-                "the ranks built different tokenizers from the same training captions; check "
-                "that every node runs the same tbps/tokenizers versions on the same data"
-            )
+        for name, digest in self.digests.items():
+            same = strategy.broadcast(digest, src=0) == digest
+            if not strategy.reduce_boolean_decision(same, all=True):
+                raise ConfigError(self.ADVICE.get(name, f"the ranks disagree on {name}"))
