@@ -107,3 +107,16 @@ def test_cpu_runs_save_no_cuda_state_and_round_trip(monkeypatch, tmp_path):
     callback.load_state_dict(state)
     callback.on_train_epoch_start(fake_trainer(), None)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_wall_clock_ignores_its_own_checkpoints_and_counts_resumed_parts():
+    from tbps.training.checkpoint import WallClock
+
+    clock = WallClock()
+    clock.start -= 10.0  # 10 s into the run
+    clock.load_state_dict(clock.state_dict())  # testing a checkpoint this process wrote
+    assert 10.0 <= clock.seconds() < 11.0
+    resumed = WallClock()
+    resumed.load_state_dict({"seconds": 100.0, "process_start": 1.0})  # last.ckpt
+    resumed.load_state_dict({"seconds": 40.0, "process_start": 1.0})  # an older best.ckpt
+    assert 100.0 <= resumed.seconds() < 101.0

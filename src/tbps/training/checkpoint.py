@@ -151,7 +151,10 @@ def _restore_cuda_state(states: list[torch.Tensor]) -> None:
 
 
 class WallClock(Callback):
-    """Seconds the run has spent training, counted across resumes (saved in checkpoints)."""
+    """Seconds the run has spent training, counted across resumes (saved in checkpoints).
+
+    Testing the best checkpoint loads its callback states too: a state this process wrote
+    is ignored, and an older part's never lowers the count (the last checkpoint had more)."""
 
     def __init__(self) -> None:
         self.start = time.time()
@@ -161,10 +164,12 @@ class WallClock(Callback):
         return self.before + time.time() - self.start
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seconds": self.seconds()}
+        return {"seconds": self.seconds(), "process_start": self.start}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.before = float(state.get("seconds", 0.0))
+        if state.get("process_start") == self.start:
+            return
+        self.before = max(self.before, float(state.get("seconds", 0.0)))
 
 
 def _as_tuples(value):
