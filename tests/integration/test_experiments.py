@@ -23,7 +23,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "recipes"
 RECIPES = ("irra", "tbps_clip", "rde", "seed_best")
 DATASETS = ("cuhk_pedes", "icfg_pedes", "rstpreid", "vn3k")
 
-#: the recipe values every experiment of a recipe must carry (SPEC.md section 9)
+#: the recipe values every experiment of a recipe must carry (docs/recipes/*.md)
 RECIPE_VALUES = {
     "irra": {
         "backbone.name": "clip_b16",

@@ -182,16 +182,33 @@ def test_text_selection_skips_special_and_padding_tokens(monkeypatch):
         assert chosen == words  # k = L - 2 >= n: exactly the real, non-special tokens
 
 
-def test_siglip_tse_uses_the_probe_attention():
+def test_siglip_tse_uses_the_probe_attention(monkeypatch):
     torch.manual_seed(2)
     model = TBPSModel.from_spec(siglip_spec()).eval()
     head = TokenSelectionHead(model.embed_dim, 12, ratio=0.3).eval()
     images = torch.randn(2, 3, 32, 16)
+    calls = _record_selection(monkeypatch)
     out, tse = head.encode_image(model, images)
     assert out.tokens.shape == (2, 2, model.vision_width) and tse.shape == (2, 12)
     ids, mask = captions(2)
-    out, tse = head.encode_text(model, ids, mask)
-    assert tse.shape == (2, 12)
+    _, text_tse = head.encode_text(model, ids, mask)
+    assert text_tse.shape == (2, 12)
+    (image_scores, _, _, _), (text_scores, _, _, _) = calls
+    # the probe's attention to each token, written out from the pooling head's weights
+    pool = model.hf.vision_model.head
+    attn, width = pool.attention, model.vision_width
+    w_q, w_k, _ = attn.in_proj_weight.chunk(3)
+    b_q, b_k, _ = attn.in_proj_bias.chunk(3)
+    heads = attn.num_heads
+    q = (pool.probe @ w_q.T + b_q).reshape(1, heads, -1).transpose(0, 1)  # (H, 1, d)
+    k = (out.tokens @ w_k.T + b_k).reshape(2, -1, heads, width // heads).transpose(1, 2)
+    probs = (q[None] @ k.transpose(-1, -2) / math.sqrt(width // heads)).softmax(-1)
+    assert torch.allclose(image_scores, probs.mean(dim=1)[:, 0], atol=1e-5)
+    # text: the last token's row of the last layer, as eager attention gives it
+    model.hf.set_attn_implementation("eager")
+    attention_mask = mask if model.text_attention_mask else None
+    eager = _eager_last_attention(model.hf.text_model, input_ids=ids, attention_mask=attention_mask)
+    assert torch.allclose(text_scores, eager[:, -1], atol=1e-5)
 
 
 def test_fused_embedding_is_the_mean_of_both_cosines():

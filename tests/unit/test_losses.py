@@ -1,4 +1,4 @@
-"""Every objective against a direct float64 transcription of its formula (SPEC section 6), plus
+"""Every objective against a direct float64 transcription of its formula (docs/objectives.md), plus
 invariances, gradient checks, known limits and degenerate batches."""
 
 import math

@@ -96,6 +96,21 @@ def test_fixed_and_learnable_temperature(tokenizer):
     assert TBPSModel.from_spec(spec).logit_scale().item() == pytest.approx(50.0)
 
 
+def test_clip_logit_scale_is_clamped_at_100_and_siglip_is_not(tokenizer):
+    from objective_fixtures import siglip_spec
+
+    clip = TBPSModel.from_spec(tiny_spec(tokenizer))
+    siglip = TBPSModel.from_spec(siglip_spec())
+    for model in (clip, siglip):
+        with torch.no_grad():
+            model.hf.logit_scale.fill_(torch.tensor(300.0).log())  # exp = 300
+    assert clip.logit_scale().item() == pytest.approx(100.0)
+    assert siglip.logit_scale().item() == pytest.approx(300.0, rel=1e-5)
+    with torch.no_grad():
+        clip.hf.logit_scale.fill_(torch.tensor(30.0).log())
+    assert clip.logit_scale().item() == pytest.approx(30.0, rel=1e-5)  # below: unchanged
+
+
 def test_bad_architecture_settings(tokenizer):
     with pytest.raises(ConfigError, match="not divisible by the patch size 16"):
         TBPSModel.from_spec(tiny_spec(tokenizer, (60, 32)))
