@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from tbps.data.datamodule import seed_worker
+from tbps.data.datamodule import SeededRandomSampler
 from tbps.data.datasets import Collator, TrainPairs
 from tbps.data.formats import parse_dataset
 from tbps.data.mlm import TokenMasker
@@ -82,12 +82,14 @@ def main() -> None:
             loader = DataLoader(
                 dataset,
                 batch_size=args.batch_size,
-                shuffle=True,
+                # the training sampler: each draw carries its augmentation seed
+                sampler=SeededRandomSampler(
+                    dataset, num_replicas=1, rank=0, seed=0, drop_last=True
+                ),
                 drop_last=True,
                 num_workers=args.workers,
                 persistent_workers=args.workers > 0,
                 collate_fn=Collator(tokenizer, 77, masker),
-                worker_init_fn=seed_worker if args.workers else None,
                 generator=torch.Generator().manual_seed(0),
             )
             rate = throughput(loader, args.samples)
