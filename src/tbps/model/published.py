@@ -60,7 +60,8 @@ RDE_MLP = {
     "mlp.bns.0.": "mlp.bn.",
     "mlp.layers.1.": "mlp.fc2.",
 }
-RDE_UNUSED = ("visul_emb_layer.linear.", "mlp.bns.1.")
+RDE_UNUSED_MODULE = "visul_emb_layer.linear."  # saved by RDE, never used at test time
+RDE_UNUSED_BRANCH_PART = "mlp.bns.1."  # in either branch
 DEFAULTS = {"img_size": (384, 128), "stride_size": 16, "temperature": 0.02}
 RDE_DEFAULTS = {**DEFAULTS, "select_ratio": 0.3}
 POSITIONS = "visual.positional_embedding"
@@ -194,7 +195,7 @@ def rde_token_selection_state(heads: dict[str, torch.Tensor]) -> dict[str, torch
     for key, value in heads.items():
         module, rest = key.split(".", 1)
         branch, linear = RDE_BRANCHES[module]
-        if key.startswith(RDE_UNUSED[0]) or rest.startswith(RDE_UNUSED[1]):
+        if key.startswith(RDE_UNUSED_MODULE) or rest.startswith(RDE_UNUSED_BRANCH_PART):
             continue
         if rest.startswith(linear + "."):
             rest = "linear." + rest[len(linear) + 1 :]
