@@ -139,7 +139,7 @@ def model_spec(sizes: Sizes, tokenizer: Any = None) -> dict[str, Any]:
         vision={"width": vw, "layers": vl, "heads": vh},
         text={"width": tw, "layers": tl, "heads": th, "length": length},
         embed_dim=sizes.embed,
-        temperature=0.02,  # IRRA's fixed tau (experiment/*_irra_clip_b16.yaml)
+        temperature=0.02,  # IRRA's fixed tau (configs/recipe/irra.yaml)
     )
 
 

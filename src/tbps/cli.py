@@ -106,9 +106,7 @@ def _groups(config_name: str) -> list[tuple[str, str, list[str]]]:
     for entry in primary.get("defaults", []):
         if isinstance(entry, dict):
             ((group, default),) = entry.items()
-            folder = configs.joinpath(group)
-            options = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
-            groups.append((group, "null" if default is None else str(default), options))
+            groups.append((group, "null" if default is None else str(default), _options(group)))
     return groups
 
 
@@ -202,6 +200,58 @@ def compose_config(config_name: str, overrides: Sequence[str]):
                 f"unknown option {option!r} for config group {group!r}; valid: {', '.join(options)}"
             ) from e
         raise ConfigError(re.sub(r"\s*\n\s*", " ", message)) from e
+
+
+def _options(group: str) -> list[str]:
+    from importlib import resources
+
+    folder = resources.files("tbps.configs").joinpath(group)
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def experiment_as_recipe(args: Sequence[str]) -> list[str]:
+    """``experiment=<data>_<recipe>_<backbone>`` (tbps ≤ 0.3) -> ``recipe=<recipe> data=<data>``.
+
+    The recipes are their own config group now, composed with any dataset; the old names keep
+    working and the new command is printed.
+    """
+    out = []
+    for arg in args:
+        key, _, name = arg.partition("=")
+        if key != "experiment":
+            out.append(arg)
+            continue
+        datasets = _options("data")
+        for recipe in _options("recipe"):
+            data, marker, backbone = name.partition(f"_{recipe}_")
+            if marker and data in datasets and backbone:
+                new = [f"recipe={recipe}", f"data={data}"]
+                if f"{recipe}_{backbone}" not in _recipe_names():
+                    new.append(f"backbone={backbone}")
+                log.warning("experiment=%s is now: %s", name, " ".join(new))
+                out += new
+                break
+        else:
+            raise ConfigError(
+                f"experiment={name!r}: experiments are now recipe=RECIPE data=DATASET; recipes: "
+                f"{', '.join(_options('recipe'))}; data: {', '.join(datasets)}"
+            )
+    return out
+
+
+def _recipe_names() -> set[str]:
+    """``<recipe>_<backbone>`` of each packaged recipe (its default backbone)."""
+    from importlib import resources
+
+    import yaml
+
+    names = set()
+    for recipe in _options("recipe"):
+        text = resources.files("tbps.configs").joinpath(f"recipe/{recipe}.yaml").read_text()
+        for entry in yaml.safe_load(text).get("defaults", []):
+            if isinstance(entry, dict) and "override /backbone" in entry:
+                names.add(f"{recipe}_{entry['override /backbone']}")
+    return names
 
 
 def _check_required(cfg, keys: Sequence[str], example: str) -> None:
@@ -458,6 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _setup_logging()
     try:
+        if verb == "train":
+            args = experiment_as_recipe(args)
         cfg = _resumed_config(args) if verb == "train" else None
         args, verbatim = _split_verbatim(verb, args)
         cfg = cfg if cfg is not None else compose_config(VERBS[verb], args)

@@ -1,5 +1,6 @@
-"""Experiment configs (a published recipe on a dataset): each composes with its recipe's values,
-and trains a few steps with a tiny backbone and a tiny native-format dataset swapped in."""
+"""Recipes (a published recipe, composed with any dataset): each composes with its recipe's values
+on every dataset, the old ``experiment=`` names still run, and every recipe trains a few steps
+with a tiny backbone and a tiny native-format dataset swapped in."""
 
 import csv
 import logging
@@ -7,21 +8,38 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import tbps.configs
 from fixtures import write_cuhk_fixture, write_family_fixture
 from tbps.app.schema import validate_config
 from tbps.app.train import run_training
-from tbps.cli import compose_config, main
+from tbps.cli import compose_config, experiment_as_recipe, main
 from tbps.errors import ConfigError
+from tbps.training.module import TBPSLightningModule
 from tiny_backbones import write_tiny_clip, write_tiny_siglip
 
-EXPERIMENT_DIR = Path(tbps.configs.__file__).parent / "experiment"
-EXPERIMENTS = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
+RECIPE_DIR = Path(tbps.configs.__file__).parent / "recipe"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "recipes"
 RECIPES = ("irra", "tbps_clip", "rde", "seed_best")
-DATASETS = ("cuhk_pedes", "icfg_pedes", "rstpreid", "vn3k")
+BACKBONES = {
+    "irra": "clip_b16",
+    "tbps_clip": "clip_b16",
+    "rde": "clip_b16",
+    "seed_best": "msiglip_b16_256",
+}
+
+
+def datasets(recipe: str) -> tuple[str, ...]:
+    """The benchmark data configs a recipe is documented on (m-SigLIP reads VN3K in Vietnamese)."""
+    vn3k = "vn3k_vi" if recipe == "seed_best" else "vn3k_en"
+    return ("cuhk_pedes", "icfg_pedes", "rstpreid", vn3k)
+
+
+PAIRS = [(recipe, data) for recipe in RECIPES for data in datasets(recipe)]
+#: each recipe trains once, each on another dataset's native layout (all four layouts covered)
+TRAINED = [(recipe, datasets(recipe)[i]) for i, recipe in enumerate(RECIPES)]
 
 #: the recipe values every experiment of a recipe must carry (docs/recipes/*.md)
 RECIPE_VALUES = {
@@ -116,16 +134,6 @@ RECIPE_OFF = {
 }
 
 
-def split_name(name: str) -> tuple[str, str, str]:
-    """(data config, recipe, backbone) of ``<data>_<recipe>_<backbone>``."""
-    for recipe in RECIPES:
-        marker = f"_{recipe}_"
-        if marker in name:
-            data, backbone = name.split(marker, 1)
-            return data, recipe, backbone
-    raise AssertionError(f"experiment {name} names no recipe of {RECIPES}")
-
-
 def select(cfg, key):
     node = cfg
     for part in key.split("."):
@@ -133,21 +141,17 @@ def select(cfg, key):
     return node
 
 
-def test_one_experiment_per_recipe_and_dataset():
-    table = {(split_name(n)[1], split_name(n)[0].split("_")[0]) for n in EXPERIMENTS}
-    short = {"cuhk": "cuhk_pedes", "icfg": "icfg_pedes", "rstpreid": "rstpreid", "vn3k": "vn3k"}
-    assert {(r, short[d]) for r, d in table} == {(r, d) for r in RECIPES for d in DATASETS}
-    assert len(EXPERIMENTS) == len(RECIPES) * len(DATASETS)
+def test_one_recipe_file_per_recipe():
+    assert sorted(p.stem for p in RECIPE_DIR.glob("*.yaml")) == sorted(RECIPES)
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_composes_with_the_recipe_values(name):
-    data, recipe, backbone = split_name(name)
-    cfg = compose_config("train", [f"experiment={name}", "data.root=/d", "backbone.path=/m"])
-    assert cfg.name == name
-    assert cfg.data.name == data and cfg.backbone.name == backbone
-    if data.startswith("vn3k"):  # multilingual m-SigLIP reads Vietnamese; CLIP reads English
-        assert data == ("vn3k_vi" if recipe == "seed_best" else "vn3k_en")
+@pytest.mark.parametrize(("recipe", "data"), PAIRS)
+def test_recipe_composes_with_its_values_on_every_dataset(recipe, data):
+    cfg = compose_config(
+        "train", [f"recipe={recipe}", f"data={data}", "data.root=/d", "backbone.path=/m"]
+    )
+    assert cfg.name == f"{data}_{recipe}_{BACKBONES[recipe]}"
+    assert cfg.data.name == data and cfg.backbone.name == BACKBONES[recipe]
     for key, value in RECIPE_VALUES[recipe].items():
         got = select(cfg, key)
         got = list(got) if isinstance(value, list) else got
@@ -155,30 +159,54 @@ def test_experiment_composes_with_the_recipe_values(name):
     enabled = {k for k, v in cfg.objectives.items() if v.get("enabled", True)}
     assert not enabled & set(RECIPE_OFF[recipe])
     validate_config("train", cfg)  # every recipe value passes the typed schema
-    # the experiment's command line stands in its header and on its recipe page
-    header = (EXPERIMENT_DIR / f"{name}.yaml").read_text()
-    assert f"tbps train experiment={name}" in header
-    assert f"experiment={name}" in (DOCS / f"{recipe}.md").read_text()
+    # the recipe's command line stands in its header and on its recipe page
+    assert f"tbps train recipe={recipe} data=" in (RECIPE_DIR / f"{recipe}.yaml").read_text()
+    assert f"recipe={recipe} data={data}" in (DOCS / f"{recipe}.md").read_text()
 
 
-def test_experiments_are_listed_and_checked_on_the_command_line(capsys):
+@pytest.mark.parametrize(("recipe", "data"), PAIRS)
+def test_old_experiment_names_compose_the_same_config(recipe, data, caplog):
+    name = f"{data}_{recipe}_{BACKBONES[recipe]}"
+    with caplog.at_level(logging.WARNING, logger="tbps"):
+        args = experiment_as_recipe([f"experiment={name}", "data.root=/d"])
+    assert args == [f"recipe={recipe}", f"data={data}", "data.root=/d"]
+    assert f"experiment={name} is now: recipe={recipe} data={data}" in caplog.text
+    # another backbone than the recipe's is kept too
+    other = experiment_as_recipe([f"experiment={data}_{recipe}_clip_l14"])
+    assert other == [f"recipe={recipe}", f"data={data}", "backbone=clip_l14"]
+
+
+def test_recipes_are_listed_and_checked_on_the_command_line(capsys):
     name = "cuhk_pedes_irra_clip_b16"
     args = ["train", f"experiment={name}", "data.root=/d", "backbone.path=/m", "--cfg", "job"]
     assert main(args) == 0
+    assert "is now: recipe=irra data=cuhk_pedes" in capsys.readouterr().err
+    args = [
+        "train",
+        "recipe=irra",
+        "data=cuhk_pedes",
+        "data.root=/d",
+        "backbone.path=/m",
+        "--cfg",
+        "resolved",
+    ]
+    assert main(args) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["name"] == name and printed["optim"]["name"] == "adam"
-    # debug presets trim an experiment; command-line values beat both
-    cfg = compose_config("train", [f"experiment={name}", "debug=fast"])
+    # debug presets trim a recipe; command-line values beat both
+    cfg = compose_config("train", ["recipe=irra", "data=icfg_pedes", "debug=fast"])
     assert cfg.trainer.max_epochs == 1 and cfg.trainer.limit_train_batches == 4
     assert cfg.optim.name == "adam" and cfg.backbone.name == "clip_b16"
-    cfg = compose_config("train", [f"experiment={name}", "debug=fast", "trainer.max_epochs=3"])
+    cfg = compose_config("train", ["recipe=irra", "debug=fast", "trainer.max_epochs=3"])
     assert cfg.trainer.max_epochs == 3
-    cfg = compose_config("train", [f"experiment={name}", "optim.lr=2e-5", "backbone=clip_l14"])
+    cfg = compose_config("train", ["recipe=irra", "optim.lr=2e-5", "backbone=clip_l14"])
     assert cfg.optim.lr == 2e-5 and cfg.optim.name == "adam" and cfg.backbone.name == "clip_l14"
-    with pytest.raises(ConfigError, match="unknown option 'cuhk_irra' for config group "):
-        compose_config("train", ["experiment=cuhk_irra"])
-    with pytest.raises(ConfigError, match=name):  # the valid ones are listed
-        compose_config("train", ["experiment=cuhk_irra"])
+    with pytest.raises(ConfigError, match="unknown option 'irr' for config group 'recipe'"):
+        compose_config("train", ["recipe=irr"])
+    with pytest.raises(ConfigError, match="recipes: irra, rde, seed_best, tbps_clip; data: "):
+        experiment_as_recipe(["experiment=cuhk_irra"])
+    assert main(["train", "experiment=cuhk_irra"]) == 2
+    assert "experiments are now recipe=RECIPE data=DATASET" in capsys.readouterr().err
 
 
 # -- tiny runs ----------------------------------------------------------------------------------
@@ -208,13 +236,13 @@ def tiny_folders(tmp_path_factory):
     return folders
 
 
-def tiny_overrides(name: str, folders: dict, run_dir: Path) -> list[str]:
-    """The experiment with a tiny backbone and dataset; its objectives, augment, optim stay."""
-    data, recipe, _ = split_name(name)
+def tiny_overrides(recipe: str, data: str, folders: dict, run_dir: Path) -> list[str]:
+    """The recipe with a tiny backbone and dataset; its objectives, augment, optim stay."""
     square = recipe in ("tbps_clip", "seed_best")
     siglip = recipe == "seed_best"
     return [
-        f"experiment={name}",
+        f"recipe={recipe}",
+        f"data={data}",
         f"data.root={folders['vn3k' if data.startswith('vn3k') else data]}",
         f"backbone={'siglip_tiny' if siglip else 'clip_tiny'}",
         f"backbone.path={folders['siglip' if siglip else 'clip']}",
@@ -257,12 +285,63 @@ LOGGED_TERMS = {
 }
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)  # about 1 s each
-def test_experiment_trains_with_a_tiny_backbone(name, tiny_folders, tmp_path, caplog):
+class ParameterSnapshots:
+    """Every parameter of the LightningModule (with its requires_grad) when training starts and
+    when it ends, recorded from inside the real run."""
+
+    def __init__(self, monkeypatch):
+        self.start: dict[str, tuple[torch.Tensor, bool]] = {}
+        self.end: dict[str, torch.Tensor] = {}
+        on_start, on_end = TBPSLightningModule.on_train_start, TBPSLightningModule.on_train_end
+
+        def record_start(module):
+            on_start(module)
+            self.start = {
+                n: (p.detach().clone(), p.requires_grad) for n, p in module.named_parameters()
+            }
+
+        def record_end(module):
+            self.end = {n: p.detach().clone() for n, p in module.named_parameters()}
+            on_end(module)
+
+        monkeypatch.setattr(TBPSLightningModule, "on_train_start", record_start)
+        monkeypatch.setattr(TBPSLightningModule, "on_train_end", record_end)
+
+    def changed(self) -> tuple[list[str], list[str], list[str]]:
+        """(trainable that changed, trainable that did not, frozen that changed).
+
+        Attention key biases are left out: softmax(q·(k + b)) = softmax(q·k) (the bias adds the
+        same q·b to a query's every logit), so their gradient is exactly zero and only weight
+        decay moves them.
+        """
+        moved, stuck, thawed = [], [], []
+        for name, (before, trainable) in self.start.items():
+            differs = not torch.equal(before, self.end[name])
+            if trainable:
+                if not name.endswith("k_proj.bias"):
+                    (moved if differs else stuck).append(name)
+            elif differs:
+                thawed.append(name)
+        return moved, stuck, thawed
+
+
+@pytest.mark.parametrize(("recipe", "data"), TRAINED)  # about 1 s each
+def test_recipe_trains_with_a_tiny_backbone(
+    recipe, data, tiny_folders, tmp_path, caplog, monkeypatch
+):
     caplog.set_level(logging.WARNING, logger="tbps")
-    _, recipe, _ = split_name(name)
+    snapshots = ParameterSnapshots(monkeypatch)
     run_dir = tmp_path / "run"
-    metrics = run_training(compose_config("train", tiny_overrides(name, tiny_folders, run_dir)))
+    overrides = tiny_overrides(recipe, data, tiny_folders, run_dir)
+    overrides.append("backbone.finetune.freeze=[vision]")  # frozen tensors to check
+    metrics = run_training(compose_config("train", overrides))
+
+    # the steps moved every trainable tensor and no frozen one
+    moved, stuck, thawed = snapshots.changed()
+    frozen = [n for n, (_, trainable) in snapshots.start.items() if not trainable]
+    assert moved and not stuck, stuck
+    assert any("vision" in n for n in frozen) and not thawed, thawed
+    assert not any("vision" in n for n in moved)
 
     # 2 batches: 2 optimizer steps, or 1 under the seed recipe's accumulation of 8
     assert metrics["steps"] == (1 if recipe == "seed_best" else 2)
