@@ -10,7 +10,8 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from tbps import __version__
-from tbps.errors import ConfigError, TBPSError
+from tbps.app.compose import compose_config
+from tbps.errors import ConfigError, TBPSError, one_line
 
 log = logging.getLogger("tbps")
 
@@ -21,6 +22,10 @@ usage: tbps <command> [key=value ...] [--cfg job]
 commands:
   train               train, validate every epoch, test best and last (default: synthetic data)
                       tbps train resume=RUN_DIR continues an interrupted run in its folder
+                      tbps train -m seed=1,2,3 optim.lr=1e-5,2e-5 [sweep_dir=DIR]: a sweep, one
+                      run folder per combination (re-run the command to continue it)
+  report              results of runs and sweeps: tbps report PATH... [group_by=seed,...]
+                      [format=table|markdown|csv|json] [plots=DIR]
   eval                evaluate a model: tbps eval model=DIR | ckpt_path=RUN/checkpoints/best.ckpt
                       [data=NAME data.root=DIR split=test device=auto precision=32]
   export              tbps export ckpt_path=RUN/checkpoints/best.ckpt out=DIR [format=tbps|hf|onnx]
@@ -55,6 +60,7 @@ VERBS: dict[str, str] = {
     "convert": "convert",
     "data stats": "stats",
     "data check": "check",
+    "report": "report",
 }
 
 
@@ -140,7 +146,10 @@ def verb_help(verb: str) -> str:
     config_name = VERBS[verb]
     groups = _groups(config_name)
     out = [
-        f"usage: tbps {verb} [group=option ...] [key=value ...] [--cfg job]",
+        f"usage: tbps {verb}"
+        + (" PATH..." if verb == "report" else "")
+        + (" [group=option ...]" if groups else "")
+        + " [key=value ...] [--cfg job]",
         "",
         _verb_line(verb),
     ]
@@ -155,51 +164,6 @@ def verb_help(verb: str) -> str:
     if group_names:
         out += ["", f"the groups' own keys: tbps {verb} --cfg job [group=option]"]
     return "\n".join(out)
-
-
-def _valid_keys_hint(config_name: str, overrides: Sequence[str], key: str) -> str:
-    """``valid keys under 'x': a, b, c`` for an unknown override key (best effort)."""
-    from hydra import compose, initialize_config_module
-    from omegaconf import DictConfig, OmegaConf
-
-    others = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(key)]
-    try:
-        with initialize_config_module("tbps.configs", version_base="1.3"):
-            cfg = compose(config_name, overrides=others)
-    except Exception:  # noqa: BLE001 - only a hint
-        return ""
-    parent, _, _ = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    if not isinstance(node, DictConfig):
-        return f" ({parent!r} is not a config section)" if parent else ""
-    where = f"under {parent!r}" if parent else "at the top level"
-    return f"; valid keys {where}: {', '.join(sorted(str(k) for k in node))}"
-
-
-def compose_config(config_name: str, overrides: Sequence[str]):
-    """Compose a packaged primary config with overrides; errors become one-line ConfigErrors."""
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
-
-    try:
-        with initialize_config_module("tbps.configs", version_base="1.3"):
-            return compose(config_name, overrides=list(overrides))
-    except HydraException as e:
-        message = str(e).split("\nConfig search path:")[0].strip()
-        match = re.search(r"Could not override '([^']+)'", message)
-        if match:
-            key = match.group(1)
-            raise ConfigError(
-                f"unknown config key {key!r}{_valid_keys_hint(config_name, overrides, key)}"
-            ) from e
-        missing = re.search(r"Could not find '([^']+)/([^'/]+)'", message)
-        if missing:
-            group, option = missing.groups()
-            options = re.findall(r"^\t(\S+)$", message, flags=re.M)
-            raise ConfigError(
-                f"unknown option {option!r} for config group {group!r}; valid: {', '.join(options)}"
-            ) from e
-        raise ConfigError(re.sub(r"\s*\n\s*", " ", message)) from e
 
 
 def _options(group: str) -> list[str]:
@@ -262,10 +226,16 @@ def _check_required(cfg, keys: Sequence[str], example: str) -> None:
             raise ConfigError(f"{key} is required: {example}")
 
 
-def _train(cfg) -> None:
+def _train(cfg, overrides: Sequence[str] = ()) -> None:
     from tbps.app.train import run_training
 
-    run_training(cfg)
+    run_training(cfg, overrides)
+
+
+def _report(cfg) -> None:
+    from tbps.app.report import run_report
+
+    run_report(cfg)
 
 
 def _eval(cfg) -> None:
@@ -422,15 +392,6 @@ def _convert(cfg) -> None:
     print(f"written to {out}; train on it with backbone=clip_b16 backbone.path={out}")
 
 
-def _one_line(error: Exception) -> str:
-    """The user-facing message; errors re-raised from DataLoader workers carry a traceback."""
-    message = str(error)
-    if message.startswith("Caught ") and "Original Traceback" in message:
-        last = [line for line in message.splitlines() if line.strip()][-1]
-        return last.split(": ", 1)[1] if ": " in last else last
-    return message
-
-
 RUNNERS: dict[str, Callable] = {
     "train": _train,
     "eval": _eval,
@@ -443,12 +404,15 @@ RUNNERS: dict[str, Callable] = {
     "convert": _convert,
     "data stats": _stats,
     "data check": _check,
+    "report": _report,
 }
 
 
 #: keys whose value is free text, taken verbatim (commas, quotes, brackets and all) instead of
 #: through Hydra's override grammar
-VERBATIM_KEYS: dict[str, tuple[str, ...]] = {"search": ("query", "image")}
+VERBATIM_KEYS: dict[str, tuple[str, ...]] = {"search": ("query", "image"), "report": ("group_by",)}
+#: an override's key; any other word is a positional path (``tbps report PATH...``)
+OVERRIDE_KEY = re.compile(r"^[+~]?[A-Za-z_][\w.]*(=|$)")
 
 
 def _split_verbatim(verb: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -462,6 +426,12 @@ def _split_verbatim(verb: str, args: list[str]) -> tuple[list[str], dict[str, st
         else:
             rest.append(arg)
     return rest, verbatim
+
+
+def _split_paths(args: list[str]) -> tuple[list[str], list[str]]:
+    """``tbps report runs/a runs/sweeps/x/000_seed=1 format=json``: (paths, overrides)."""
+    paths = [a for a in args if not OVERRIDE_KEY.match(a) or "=" not in a]
+    return paths, [a for a in args if a not in paths]
 
 
 def _resumed_config(args: Sequence[str]):
@@ -510,11 +480,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if verb == "train":
             args = experiment_as_recipe(args)
+            if any(a in ("-m", "--multirun") for a in args):
+                if print_cfg is not None:
+                    raise ConfigError("--cfg shows one run's config: drop -m and the a,b lists")
+                from tbps.app.sweep import sweep_command
+
+                return sweep_command([a for a in args if a not in ("-m", "--multirun")])
         cfg = _resumed_config(args) if verb == "train" else None
+        paths, args = _split_paths(args) if verb == "report" else ([], args)
         args, verbatim = _split_verbatim(verb, args)
         cfg = cfg if cfg is not None else compose_config(VERBS[verb], args)
         for key, value in verbatim.items():
             cfg[key] = value
+        if verb == "report":
+            cfg.paths = paths
         if verb == "eval":
             from tbps.app.eval import with_training_data
 
@@ -527,10 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tbps.app.schema import validate_config
 
         validate_config(VERBS[verb], cfg)  # types and ranges, once, before any work
-        code = RUNNERS[verb](cfg)
+        code = RUNNERS[verb](cfg, args) if verb == "train" else RUNNERS[verb](cfg)
     except TBPSError as e:
         code = getattr(e, "exit_code", 2)
-        print(f"tbps {verb}: {'error: ' if code else ''}{_one_line(e)}", file=sys.stderr)
+        print(f"tbps {verb}: {'error: ' if code else ''}{one_line(e)}", file=sys.stderr)
         return code
     except KeyboardInterrupt as e:
         run_dir = getattr(e, "run_dir", None)

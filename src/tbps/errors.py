@@ -17,3 +17,12 @@ class NothingToDo(TBPSError):
     """The command has nothing to do (e.g. resuming a finished run): said, exit code 0."""
 
     exit_code = 0
+
+
+def one_line(error: Exception) -> str:
+    """The user-facing message; errors re-raised from DataLoader workers carry a traceback."""
+    message = str(error)
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        last = [line for line in message.splitlines() if line.strip()][-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return message

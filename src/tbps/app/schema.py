@@ -193,6 +193,7 @@ def _train_rules() -> dict[str, Rule]:
         "trainer.deterministic": BOOL,
         "trainer.enable_progress_bar": BOOL,
         "logger.types": list_of(choice(LOGGERS)),
+        "logger.wandb.group": optional(TEXT),
     }
 
 

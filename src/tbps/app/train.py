@@ -6,17 +6,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import resource
 import signal
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
@@ -72,6 +75,9 @@ from tbps.training.module import TBPSLightningModule
 
 log = logging.getLogger(__name__)
 
+#: the run's command-line overrides (a YAML list of ``key=value``), for ``tbps report``
+OVERRIDES_FILE = "overrides.yaml"
+
 
 def resolve_run_dir(
     run_dir: str | None, runs_dir: str, name: str, check_empty: bool = True
@@ -83,7 +89,7 @@ def resolve_run_dir(
     """
     if run_dir:
         path = Path(run_dir).expanduser()
-        if check_empty and path.exists() and any(path.iterdir()):
+        if check_empty and path.exists() and any(not _attempt_record(p) for p in path.iterdir()):
             if not failed_start(path):
                 raise ConfigError(
                     f"run folder {path} exists and is not empty; choose another run_dir"
@@ -102,6 +108,12 @@ def resolve_run_dir(
             path = path.with_name(f"{stamp}-{suffix}")
             suffix += 1
     return path
+
+
+def _attempt_record(path: Path) -> bool:
+    """``failed.json`` / ``failed-<n>.json``: a sweep's record of an earlier attempt at this run
+    (kept beside the new one; not a run's content)."""
+    return re.fullmatch(r"failed(-\d+)?\.json", path.name) is not None
 
 
 def failed_start(path: Path) -> bool:
@@ -264,21 +276,25 @@ def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def run_training(cfg: DictConfig) -> dict[str, Any]:
-    """Train, validate every epoch, test the best and the last weights; returns metrics.json."""
+def run_training(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Train, validate every epoch, test the best and the last weights; returns metrics.json.
+
+    ``overrides`` (the command line's ``key=value`` words) are kept in the run folder's
+    ``overrides.yaml``, which ``tbps report`` shows and groups by.
+    """
     # Under DDP rank 0 owns the run folder (files, train.log, report); the other ranks only train
     if not launched_rank_zero():
         tbps_log = logging.getLogger("tbps")
         level = tbps_log.level
         tbps_log.setLevel(logging.WARNING)  # rank 0 tells the story
         try:
-            return _run_training(cfg, rank_zero=False)
+            return _run_training(cfg, overrides, rank_zero=False)
         finally:
             tbps_log.setLevel(level)
-    return _run_training(cfg, rank_zero=True)
+    return _run_training(cfg, overrides, rank_zero=True)
 
 
-def _run_training(cfg: DictConfig, rank_zero: bool) -> dict[str, Any]:
+def _run_training(cfg: DictConfig, overrides: Sequence[str], rank_zero: bool) -> dict[str, Any]:
     start = time.time()
     absolute_paths(cfg)
     objectives = resolve_objectives(OmegaConf.to_container(cfg.objectives, resolve=True))
@@ -297,6 +313,8 @@ def _run_training(cfg: DictConfig, rank_zero: bool) -> dict[str, Any]:
     if not rank_zero:
         return _run(cfg, run_dir, dataset, objectives, start, resume, rank_zero=False)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        (run_dir / OVERRIDES_FILE).write_text(yaml.safe_dump(list(overrides)))
     file_log = logging.FileHandler(run_dir / "train.log")
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(file_log)
@@ -309,8 +327,17 @@ def _run_training(cfg: DictConfig, rank_zero: bool) -> dict[str, Any]:
         log.error("run failed: %s: %s", type(e).__name__, e)  # in train.log, not only stderr
         raise
     finally:
+        _finish_wandb_run()
         logging.getLogger().removeHandler(file_log)
         file_log.close()
+
+
+def _finish_wandb_run() -> None:
+    """Close this run's W&B run: Lightning leaves it open, and the next run of a sweep in this
+    process would log into it instead of starting its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def _interruptible(trainer: L.Trainer, call, *args, **kwargs):
@@ -445,6 +472,7 @@ def _loggers(cfg: DictConfig, run_dir: Path, resumed: bool) -> list:
         wandb_project=wandb.get("project", "tbps"),
         wandb_entity=wandb.get("entity"),
         wandb_mode=wandb.get("mode"),
+        wandb_group=wandb.get("group"),
     )
 
 

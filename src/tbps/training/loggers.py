@@ -44,10 +44,11 @@ def build_loggers(
     wandb_project: str = "tbps",
     wandb_entity: str | None = None,
     wandb_mode: str | None = None,
+    wandb_group: str | None = None,
 ) -> list[Logger]:
     """Loggers writing under ``run_dir``: ``csv`` -> logs/<csv_version>/metrics.csv,
     ``tensorboard`` -> logs/tensorboard, ``wandb`` -> wandb/ (``wandb_mode="offline"`` needs no
-    account)."""
+    account; ``wandb_group`` gathers the runs of one sweep)."""
     unknown = [k for k in kinds if k not in LOGGERS]
     if unknown or not kinds:
         raise ConfigError(f"logger.types {list(kinds)}: valid entries are {', '.join(LOGGERS)}")
@@ -86,6 +87,7 @@ def build_loggers(
                     save_dir=run_dir,
                     project=wandb_project,
                     entity=wandb_entity,
+                    group=wandb_group,
                     offline=wandb_mode == "offline",
                 )
             )
