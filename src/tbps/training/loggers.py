@@ -79,8 +79,9 @@ def build_loggers(
                 raise ConfigError(
                     "logger wandb needs `pip install 'tbps[wandb]'` (or pip install wandb)"
                 ) from e
-            if wandb_mode:
-                os.environ["WANDB_MODE"] = wandb_mode
+            # the mode goes to this run's wandb.init only (not the process environment, which
+            # would carry it into the next run of a sweep)
+            mode = {"mode": wandb_mode} if wandb_mode else {}
             loggers.append(
                 WandbLogger(
                     name=name,
@@ -89,6 +90,7 @@ def build_loggers(
                     entity=wandb_entity,
                     group=wandb_group,
                     offline=wandb_mode == "offline",
+                    **mode,
                 )
             )
     return loggers
