@@ -14,18 +14,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 
 from fixtures import write_cuhk_fixture
 from ranks import run_gloo_ranks
 from tbps.app.train import run_training
 from tbps.cli import compose_config
-from tbps.data.datamodule import TBPSDataModule
+from tbps.data.datamodule import TBPSDataModule, draw_seed
+from tbps.data.datasets import TrainPairs
 from tbps.data.formats import parse_dataset
+from tbps.data.images import load_image
+from tbps.data.records import training_records
 from tbps.data.samplers import IdentitySampler
-from tbps.data.sources import ensure_synthetic, synthetic_cache_path
+from tbps.data.sources import ensure_synthetic, load_dataset_section, synthetic_cache_path
 from tbps.data.synthetic import SYNTH_MARKER, SynthConfig, generate_synthetic_dataset
 from tbps.data.tokenization import train_caption_tokenizer
+from tbps.data.transforms import build_image_transforms
 from tbps.errors import ConfigError, DataError
+from tbps.losses.composition import OBJECTIVES
 from tbps.training.distributed import RankAgreement, launched_rank_zero
 
 GLOO = dist.is_available() and dist.is_gloo_available()
@@ -171,39 +177,92 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SEED = 3
 COMMON = [
-    "debug=tiny",  # 24 training ids, 126 captions, tiny scratch CLIP
+    "debug=tiny",  # tiny synthetic data, tiny scratch CLIP
+    "+objectives.id={weight: 0.5}",  # a per-sample objective next to the batch-level ITC/SDM
     "trainer.max_epochs=1",
     "trainer.enable_progress_bar=false",
     "trainer.accelerator=cpu",
-    "seed=3",
+    f"seed={SEED}",
 ]
 
 
-def _train_losses(run_dir: Path) -> dict[int, float]:
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return {
-            int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]
-        }
+def _record_training(record: dict, setattr_, images: bool = False) -> None:
+    """Patch tbps (with ``setattr_``, e.g. ``monkeypatch.setattr``) to append to ``record``:
 
-
-def _column(run_dir: Path, name: str) -> list[float]:
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return [float(r[name]) for r in csv.DictReader(f) if r.get(name)]
-
-
-@needs_gloo
-def test_torchrun_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
-    """2 ranks x batch 8 (random sampler) against 1 process x batch 16, same seed and data.
-
-    Per-step losses and test metrics agree up to float rounding, not bit for bit: each rank
-    encodes 8 samples instead of 16 (other matmul blocking), gathers the embeddings in another
-    order, and DDP averages two partial gradients (another reduction order), so the weights
-    drift by ~1e-7 relative per step.
+    - ``losses``: every objective of every training step, as compute_losses returned them;
+    - ``batches``: per training step the batch's dataset indices, the draw seeds its samples
+      were loaded with, the loader worker that collated it (-1: the main process) and, with
+      ``images``, the (augmented) images.
+    The collator runs in the loader workers: patched before they start, they inherit it.
     """
-    cache = tmp_path / "cache"  # not pre-generated: rank 1 waits for rank 0 to write it
-    runs = tmp_path / "runs"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TBPS_CACHE": str(cache)}
+    from tbps.data.datasets import Collator
+    from tbps.training import module as module_mod
+
+    collate, compute, step = (
+        Collator.__call__,
+        module_mod.compute_losses,
+        module_mod.TBPSLightningModule.training_step,
+    )
+
+    def collate_with_draws(self, samples):
+        batch = collate(self, samples)
+        if "seed" in samples[0]:  # training samples: loaded as (index, draw seed)
+            info = torch.utils.data.get_worker_info()
+            batch["draw_seeds"] = torch.tensor([s["seed"] for s in samples], dtype=torch.long)
+            batch["loader_worker"] = torch.tensor(-1 if info is None else info.id)
+        return batch
+
+    def recorded_losses(*args, **kwargs):
+        losses = compute(*args, **kwargs)
+        record["losses"].append({k: float(v.detach()) for k, v in losses.items()})
+        return losses
+
+    def recorded_step(self, batch, batch_idx):
+        record["batches"].append(
+            {
+                "step": int(self.global_step),
+                "indices": batch["indices"].tolist(),
+                "draw_seeds": batch["draw_seeds"].tolist(),
+                "worker": int(batch["loader_worker"]),
+                "images": batch["images"].detach().clone() if images else None,
+            }
+        )
+        return step(self, batch, batch_idx)
+
+    setattr_(Collator, "__call__", collate_with_draws)
+    setattr_(module_mod, "compute_losses", recorded_losses)
+    setattr_(module_mod.TBPSLightningModule, "training_step", recorded_step)
+
+
+def _recording_main() -> None:
+    """torchrun entry point (``-m test_ddp``): ``tbps <argv>`` with :func:`_record_training`;
+    each rank saves its record in ``$TBPS_TEST_RECORD/rank<RANK>.pt``."""
+    from tbps.cli import main
+
+    record: dict = {"losses": [], "batches": []}
+    _record_training(record, setattr, images=os.environ.get("TBPS_TEST_RECORD_IMAGES") == "1")
+    code = main(sys.argv[1:])
+    torch.save(record, Path(os.environ["TBPS_TEST_RECORD"]) / f"rank{os.environ['RANK']}.pt")
+    sys.exit(code)
+
+
+def _torchrun(tmp_path: Path, cache: Path, record: Path, *overrides: str, images: bool = False):
+    """``tbps train COMMON overrides`` on 2 CPU ranks (DDP, gloo) started by torchrun, each
+    recording its steps (:func:`_recording_main`); returns the two ranks' records."""
+    record.mkdir()
+    tests = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TBPS_CACHE": str(cache),
+        "TBPS_TEST_RECORD": str(record),
+        "TBPS_TEST_RECORD_IMAGES": "1" if images else "0",
+        "PYTHONPATH": os.pathsep.join(
+            [str(tests / "integration"), str(tests), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+    }
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "SLURM_PROCID"):
         env.pop(key, None)
     command = [
@@ -213,18 +272,53 @@ def test_torchrun_two_processes_match_one_process_on_the_same_global_batch(tmp_p
         "--nproc_per_node=2",
         f"--master_port={_free_port()}",
         "-m",
-        "tbps",
+        "test_ddp",  # this file: `tbps` plus the recording
         "train",
         *COMMON,
-        f"runs_dir={runs}",  # default timestamped folder: the ranks must agree on it
         "trainer.strategy=ddp",
         "trainer.devices=2",
-        "loader.batch_size=8",
+        *overrides,
     ]
     proc = subprocess.run(
         command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return [torch.load(record / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def _column(run_dir: Path, name: str) -> dict[int, float]:
+    """``{step: value}`` of one metrics.csv column (the rows that have it)."""
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return {int(r["step"]): float(r[name]) for r in csv.DictReader(f) if r.get(name)}
+
+
+def _train_captions(cache: Path) -> int:
+    cfg = compose_config("train", COMMON)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    dataset = load_dataset_section(data, cache, progress=False, generate=False)
+    return sum(len(image.captions) for image in dataset.split("train"))
+
+
+@needs_gloo
+def test_torchrun_two_processes_match_one_process_on_the_same_global_batch(tmp_path, monkeypatch):
+    """2 ranks x batch 8 (random sampler) against 1 process x batch 16, same seed and data,
+    objectives ITC + SDM (batch-level: over the gathered global batch) + ID (per sample).
+
+    Per-step losses, gradient norms and test metrics agree up to float rounding, not bit for
+    bit: each rank encodes 8 samples instead of 16 (other matmul blocking), gathers the
+    embeddings in another order, and DDP averages two partial gradients (another reduction
+    order), so the weights drift by ~1e-7 relative per step. The gradient norm checks the
+    gradients' scale, which AdamW's normalised updates (and so the losses) would hide.
+    """
+    cache = tmp_path / "cache"  # not pre-generated: rank 1 waits for rank 0 to write it
+    runs = tmp_path / "runs"
+    ranks = _torchrun(
+        tmp_path,
+        cache,
+        tmp_path / "record-ddp",
+        f"runs_dir={runs}",  # default timestamped folder: the ranks must agree on it
+        "loader.batch_size=8",
+    )
     folders = list((runs / "synthetic-scratch_tiny").iterdir())
     assert len(folders) == 1, folders  # rank 1 created no folder of its own
     ddp_dir = folders[0]
@@ -235,23 +329,75 @@ def test_torchrun_two_processes_match_one_process_on_the_same_global_batch(tmp_p
         in (ddp_dir / "train.log").read_text()
     )
 
+    single_record: dict = {"losses": [], "batches": []}
+    _record_training(single_record, monkeypatch.setattr)
     cfg = compose_config(
         "train",
         [*COMMON, f"run_dir={tmp_path / 'single'}", f"cache_dir={cache}", "loader.batch_size=16"],
     )
     single = run_training(cfg)
+    monkeypatch.undo()
     assert single["world_size"] == 1
 
-    assert ddp["steps"] == single["steps"] == 7
-    losses_ddp, losses_single = _train_losses(ddp_dir), _train_losses(tmp_path / "single")
-    assert sorted(losses_ddp) == sorted(losses_single) == list(range(7))
-    for step, loss in losses_single.items():
-        assert losses_ddp[step] == pytest.approx(loss, rel=1e-4), step
-    # per-step values are logged unsynced; the epoch means over both ranks are reduced once
-    epoch_means = _column(ddp_dir, "train/loss_epoch")
-    assert len(epoch_means) == 1
-    assert epoch_means[0] == pytest.approx(sum(losses_ddp.values()) / 7, rel=1e-4)
+    captions = _train_captions(cache)
+    steps = captions // 16  # one epoch, the last partial global batch dropped
+    assert steps >= 3
+    assert ddp["steps"] == single["steps"] == steps
+    assert [len(r["losses"]) for r in ranks] == [steps, steps]
+    assert len(single_record["losses"]) == steps
+    # at every step the two ranks' batches of 8 are the single process's batch of 16
+    seen = set()
+    for step in range(steps):
+        batches = [r["batches"][step] for r in ranks]
+        assert [b["step"] for b in batches] == [step, step]
+        assert single_record["batches"][step]["step"] == step
+        assert [len(b["indices"]) for b in batches] == [8, 8]
+        assert sorted(batches[0]["indices"] + batches[1]["indices"]) == sorted(
+            single_record["batches"][step]["indices"]
+        )
+        seen.update(batches[0]["indices"] + batches[1]["indices"])
+    assert len(seen) == steps * 16 and seen <= set(range(captions))
+
+    # per step: batch-level objectives are the same on both ranks and equal the single
+    # process's; per-sample ones (ID) average over the ranks to the single process's
+    names = set(single_record["losses"][0])
+    assert names == {"total", "itc", "sdm", "id"}
+    assert {n for n in names if n != "total" and not OBJECTIVES[n].batch_level} == {"id"}
+    for step, want in enumerate(single_record["losses"]):
+        got = [r["losses"][step] for r in ranks]
+        assert set(got[0]) == set(got[1]) == names
+        for name in names:
+            mean = (got[0][name] + got[1][name]) / 2
+            assert mean == pytest.approx(want[name], rel=1e-4), (step, name)
+            if name != "total" and OBJECTIVES[name].batch_level:
+                assert got[0][name] == pytest.approx(got[1][name], rel=1e-5), (step, name)
+        assert got[0]["id"] != got[1]["id"]  # each rank's own samples
+    # the logs: per-step values are rank 0's (unsynced); the epoch means over both ranks are
+    # reduced once; the gradient norm (DDP-averaged gradients) is the single process's
+    logged, logged_single = (
+        _column(ddp_dir, "train/loss"),
+        _column(tmp_path / "single", "train/loss"),
+    )
+    assert sorted(logged) == sorted(logged_single) == list(range(steps))
+    for step in range(steps):
+        assert logged[step] == pytest.approx(ranks[0]["losses"][step]["total"], rel=1e-6)
+        assert logged_single[step] == pytest.approx(
+            single_record["losses"][step]["total"], rel=1e-6
+        )
+    for name in names:
+        column = "train/loss_epoch" if name == "total" else f"train/{name}_epoch"
+        (epoch_mean,) = _column(ddp_dir, column).values()
+        want = sum(r[name] for r in single_record["losses"]) / steps
+        assert epoch_mean == pytest.approx(want, rel=1e-4), name
     assert not _column(tmp_path / "single", "train/loss_epoch")  # one process: as before
+    norms, norms_single = (
+        _column(ddp_dir, "train/grad_norm"),
+        _column(tmp_path / "single", "train/grad_norm"),
+    )
+    assert sorted(norms) == sorted(norms_single) == list(range(steps))
+    for step, norm in norms_single.items():
+        assert norms[step] == pytest.approx(norm, rel=1e-3), step
+
     for which in ("last", "best"):
         for task in ("t2i", "i2t"):
             got, want = ddp["test"][which][task], single["test"][which][task]
@@ -259,3 +405,62 @@ def test_torchrun_two_processes_match_one_process_on_the_same_global_batch(tmp_p
             for key in ("R1", "R5", "R10", "mAP", "mINP"):
                 assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-4), (which, task)
     assert ddp["best_val"]["val/t2i/R1"] == pytest.approx(single["best_val"]["val/t2i/R1"])
+
+
+@needs_gloo
+def test_torchrun_ranks_loader_workers_draw_different_augmentations(tmp_path):
+    """IRRA augmentation, 2 loader workers per rank: every training sample is augmented (in a
+    worker) from its draw seed alone, and the seeds depend on the rank, so the two ranks'
+    workers draw different augmentations (not the same crops, flips and erasings)."""
+    cache = tmp_path / "cache"
+    limit = 2
+    ranks = _torchrun(
+        tmp_path,
+        cache,
+        tmp_path / "record",
+        f"run_dir={tmp_path / 'run'}",
+        "augment=irra",
+        "loader.num_workers=2",
+        "loader.batch_size=8",
+        f"trainer.limit_train_batches={limit}",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "report.failures=0",
+        images=True,
+    )
+    cfg = compose_config("train", [*COMMON, "augment=irra"])
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    records, _ = training_records(
+        load_dataset_section(data, cache, progress=False, generate=False).split("train")
+    )
+    train, plain = build_image_transforms(
+        "irra", cfg.backbone.image_size, cfg.augment.mean, cfg.augment.std
+    )
+    pairs = TrainPairs(records, train)
+    draws = []
+    for rank, record in enumerate(ranks):
+        batches = record["batches"]
+        assert [b["step"] for b in batches] == list(range(limit))
+        assert {b["worker"] for b in batches} == {0, 1}  # loaded by the two workers in turn
+        flat = [(i, s) for b in batches for i, s in zip(b["indices"], b["draw_seeds"])]
+        # the seed of the position-th draw of this rank in epoch 0
+        assert [s for _, s in flat] == [draw_seed(SEED, 0, rank, p) for p in range(len(flat))]
+        images = torch.cat([b["images"] for b in batches])
+        augmented = 0
+        for (index, seed), image in zip(flat, images):
+            # the worker's image is the seeded augmentation of the sample, nothing else
+            assert torch.equal(image, pairs[(index, seed)]["image"]), (rank, index)
+            augmented += not torch.allclose(image, plain(load_image(records[index].image_path)))
+        assert augmented >= len(flat) - 1  # an augmentation may leave one image as it was
+        draws.append(flat)
+    assert not {s for _, s in draws[0]} & {s for _, s in draws[1]}  # no seed in common
+    # rank 1's samples drawn with rank 0's seeds (same positions) would look different
+    differ = sum(
+        not torch.equal(pairs[(index, seed)]["image"], pairs[(index, other)]["image"])
+        for (index, seed), (_, other) in zip(draws[1], draws[0])
+    )
+    assert differ >= len(draws[1]) - 1
+
+
+if __name__ == "__main__":  # `python -m test_ddp ...`: a torchrun rank of the tests above
+    _recording_main()

@@ -9,7 +9,9 @@ import shutil
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
+from tbps.app import train as train_module
 from tbps.app.train import run_training
 from tbps.cli import compose_config, main
 from tbps.training.checkpoint import AtomicCheckpointIO
@@ -89,7 +91,64 @@ def test_loggers_early_stopping_zero_shot_and_run_outputs(tmp_path, caplog):
     assert metrics["failure_report"].endswith("failures.html") and "true: rank" in page
 
 
-def test_bf16_mixed_precision_with_clipping_and_accumulation_trains_on_cpu(tmp_path):
+class PrecisionAndClipProbe(Callback):
+    """What the training steps ran under: the autocast state seen by every Linear layer's
+    forward while training, and per optimizer step the global gradient norm before clipping
+    (``on_before_optimizer_step``: Lightning clips right after it) and the norm of the gradients
+    the optimizer step used (an optimizer step post-hook: after clipping and the update, before
+    the next ``zero_grad``; AdamW leaves ``p.grad`` as it found it)."""
+
+    def __init__(self):
+        self.forwards: list[tuple[bool, torch.dtype, torch.dtype]] = []
+        self.before_clip: list[float] = []
+        self.stepped: list[float] = []
+
+    @staticmethod
+    def grad_norm(module) -> float:
+        grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+
+    def on_train_start(self, trainer, pl_module):
+        def record(layer, args, output):
+            if pl_module.training and trainer.training:
+                self.forwards.append(
+                    (
+                        torch.is_autocast_enabled("cpu"),
+                        torch.get_autocast_dtype("cpu"),
+                        output.dtype,
+                    )
+                )
+
+        self.hooks = [
+            m.register_forward_hook(record)
+            for m in pl_module.modules()
+            if isinstance(m, torch.nn.Linear)
+        ]
+        (optimizer,) = trainer.optimizers
+        self.hooks.append(
+            optimizer.register_step_post_hook(
+                lambda *_: self.stepped.append(self.grad_norm(pl_module))
+            )
+        )
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.before_clip.append(self.grad_norm(pl_module))
+
+    def on_train_end(self, trainer, pl_module):
+        for hook in self.hooks:
+            hook.remove()
+
+
+def test_bf16_mixed_precision_with_clipping_and_accumulation_trains_on_cpu(tmp_path, monkeypatch):
+    probe = PrecisionAndClipProbe()
+    original = train_module._callbacks
+
+    def with_probe(*args):
+        checkpoint, callbacks = original(*args)
+        return checkpoint, [*callbacks, probe]
+
+    monkeypatch.setattr(train_module, "_callbacks", with_probe)
+    clip = 0.05  # well below the tiny model's gradient norms: every step is clipped
     metrics = run_training(
         compose_config(
             "train",
@@ -97,7 +156,7 @@ def test_bf16_mixed_precision_with_clipping_and_accumulation_trains_on_cpu(tmp_p
                 tmp_path,
                 "run",
                 "trainer.precision=bf16-mixed",
-                "trainer.gradient_clip_val=0.5",
+                f"trainer.gradient_clip_val={clip}",
                 "trainer.accumulate_grad_batches=2",
                 "trainer.limit_train_batches=4",
                 "trainer.max_epochs=1",
@@ -110,6 +169,20 @@ def test_bf16_mixed_precision_with_clipping_and_accumulation_trains_on_cpu(tmp_p
     assert metrics["steps"] == 2  # 4 batches, one optimizer step per 2
     for which in ("best", "last"):
         assert math.isfinite(metrics["test"][which]["t2i"]["mAP"])
+    # inside the training steps' forward passes autocast was on, in bfloat16, and the layers
+    # really computed in bfloat16
+    assert probe.forwards
+    assert set(probe.forwards) == {(True, torch.bfloat16, torch.bfloat16)}
+    # each optimizer step used gradients clipped to the norm gradient_clip_val (Lightning's
+    # clip_grad_norm_ scales them by clip / (norm + 1e-6)), from a larger norm before clipping
+    assert len(probe.before_clip) == len(probe.stepped) == metrics["steps"]
+    for before, stepped in zip(probe.before_clip, probe.stepped):
+        assert before > 2 * clip
+        assert stepped <= clip * (1 + 1e-5)
+        assert stepped == pytest.approx(clip, rel=1e-4)
+    # the module's logged train/grad_norm is the norm before clipping
+    logged = [float(r["train/grad_norm"]) for r in rows if r.get("train/grad_norm")]
+    assert logged == pytest.approx(probe.before_clip, rel=1e-5)
 
 
 def test_wandb_offline_logs_without_an_account(tmp_path, monkeypatch):

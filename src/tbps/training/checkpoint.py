@@ -84,9 +84,10 @@ class RNGState(Callback):
 
     The restored state is applied at the first training-epoch start, not at load time:
     Lightning's fit start consumes random numbers after loading, which an uninterrupted run
-    does not do between saving and the next epoch. Each epoch it also reseeds the
-    datamodule's own generators (caption augmentation) from the torch RNG and, under DDP,
-    gives each rank its own random stream (all ranks start from the same seed).
+    does not do between saving and the next epoch. Under DDP it also gives each rank its own
+    random stream (all ranks start from the same seed). The training data does not draw from
+    these: each sample's augmentations (images, captions, MLM masks) come from its draw seed
+    (``tbps.data.datamodule.draw_seed``).
     """
 
     def __init__(self) -> None:
