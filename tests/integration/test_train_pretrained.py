@@ -12,6 +12,7 @@ from tbps.app.train import run_training
 from tbps.cli import compose_config
 from tbps.data.tokenization import tokenize
 from tbps.model.checkpoint import model_from_checkpoint
+from tbps.training.module import TBPSLightningModule
 from tiny_backbones import write_tiny_clip, write_tiny_siglip
 
 COMMON = ["debug=tiny", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
@@ -60,11 +61,29 @@ def test_clip_with_mlm_grows_a_mask_token_and_evaluates_from_the_checkpoint(tmp_
     assert model.finetune["mode"] == "clipfit"
 
 
-def test_siglip_with_lora_round_trips_through_the_checkpoint(tmp_path):
+def test_siglip_with_lora_round_trips_through_the_checkpoint(tmp_path, monkeypatch):
+    tested = []  # the trained module, holding the best weights its last test loaded
+    on_test_end = TBPSLightningModule.on_test_end
+
+    def keep_module(module):
+        on_test_end(module)
+        tested.append(module)
+
+    monkeypatch.setattr(TBPSLightningModule, "on_test_end", keep_module)
     folder = write_tiny_siglip(tmp_path / "siglip")
     cfg, metrics = _train(tmp_path, folder, "backbone=siglip_tiny", "backbone.finetune.mode=lora")
     spm_bytes = (folder / "spiece.model").read_bytes()
     model, tok = _eval_matches_training(cfg, metrics, tmp_path, folder)
+    # the model read back from best.ckpt embeds exactly as the trained one did
+    trained = tested[-1].model.eval()
+    model.eval()
+    images = torch.randn(3, 3, *model.image_size, generator=torch.Generator().manual_seed(0))
+    ids = tokenize(tok, ["a woman in a red coat", "a man with a black backpack"], model.text_length)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_images(images), trained.encode_images(images))
+        torch.testing.assert_close(model.encode_texts(**ids), trained.encode_texts(**ids))
+    trained_b = [p for n, p in trained.named_parameters() if "lora_B" in n]
+    assert trained_b and any(p.abs().sum() > 0 for p in trained_b)  # the adapters trained
     assert model.is_sigmoid and model.finetune["mode"] == "lora" and not model.text_attention_mask
     assert any(".lora_A." in k for k in model.state_dict())
     assert type(tok).__name__ == "SiglipTokenizer"

@@ -93,14 +93,28 @@ def test_siglip_non_square_grid_keeps_patch_weights_and_bias():
 
 
 def test_grown_token_rows_follow_the_matrix_mean_and_std():
+    """New rows are draws from N(mean, std) of the old rows, per dimension: checked
+    statistically on many new rows, not by repeating the implementation's RNG call."""
     torch.manual_seed(0)
     model = CLIPModel(tiny_clip_config(vocab=60))
+    with torch.no_grad():  # distinct per-dimension means and spreads to be recovered
+        weight = model.text_model.embeddings.token_embedding.weight
+        weight.mul_(torch.linspace(0.5, 3.0, 32)).add_(torch.linspace(-2.0, 2.0, 32))
     old = model.text_model.embeddings.token_embedding.weight.detach().clone()
-    grow_token_embedding(model, 62, generator=torch.Generator().manual_seed(3))
-    new = model.text_model.embeddings.token_embedding.weight
-    assert new.shape == (62, 32) and torch.equal(new[:60], old)
-    noise = torch.randn(2, 32, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(new[60:], old.mean(0) + old.std(0) * noise)
-    assert model.config.text_config.vocab_size == 62
+    grown = 60 + 4000
+    grow_token_embedding(model, grown, generator=torch.Generator().manual_seed(3))
+    new = model.text_model.embeddings.token_embedding.weight.detach()
+    assert new.shape == (grown, 32) and torch.equal(new[:60], old)
+    rows = new[60:]
+    mean, std = old.mean(0), old.std(0)
+    # 4000 draws: the sample mean is within 5 standard errors, the sample std within 10 %
+    assert ((rows.mean(0) - mean).abs() <= 5 * std / 4000**0.5).all()
+    torch.testing.assert_close(rows.std(0), std, rtol=0.1, atol=0)
+    # independent rows (not one draw repeated), uncorrelated across dimensions
+    assert torch.unique(rows, dim=0).shape[0] == 4000
+    standardized = (rows - mean) / std
+    correlation = torch.corrcoef(standardized.T) - torch.eye(32)
+    assert correlation.abs().max() < 0.1
+    assert model.config.text_config.vocab_size == grown
     with pytest.raises(ValueError, match="cannot shrink"):
         grow_token_embedding(model, 10)
