@@ -174,7 +174,8 @@ def _options(group: str) -> list[str]:
 
 
 def experiment_as_recipe(args: Sequence[str]) -> list[str]:
-    """``experiment=<data>_<recipe>_<backbone>`` (tbps ≤ 0.3) -> ``recipe=<recipe> data=<data>``.
+    """``experiment=<data>_<recipe>_<backbone>`` (the old per-dataset configs) -> ``recipe=<recipe>
+    data=<data>``.
 
     The recipes are their own config group now, composed with any dataset; the old names keep
     working and the new command is printed.
