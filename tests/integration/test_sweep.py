@@ -251,3 +251,22 @@ def test_the_runs_of_a_sweep_share_a_wandb_group(tmp_path):
         # the run record's run_group (protobuf field 6, length-delimited) is the sweep's name
         assert b"\x32" + bytes([len(sweep_dir.name)]) + sweep_dir.name.encode() in data
         assert f"group: {sweep_dir.name}" in (sweep_dir / name / "config.yaml").read_text()
+
+
+def test_the_plan_follows_hydras_sweep_grammar():
+    plan = plan_sweep(
+        ["debug=tiny", "data.fold_id=range(0,3)", "recipe=irra,rde", "hydra/launcher=slurm"]
+    )
+    assert plan.swept == ["data.fold_id", "recipe"]
+    assert plan.hydra_overrides == ["hydra/launcher=slurm"]
+    assert plan.jobs == [
+        ["debug=tiny", f"data.fold_id={fold}", f"recipe={recipe}"]
+        for fold in range(3)
+        for recipe in ("irra", "rde")
+    ]
+    names = [plan.run_name(i, job) for i, job in enumerate(plan.jobs)]
+    assert names[:2] == ["000_data.fold_id=0,recipe=irra", "001_data.fold_id=0,recipe=rde"]
+    assert plan_sweep(["seed=choice(3,4)"]).jobs == [["seed=3"], ["seed=4"]]
+    long = plan_sweep(["data.root=/a/very/long/path/" + "x" * 120 + ",/b"])
+    name = long.run_name(0, long.jobs[0])
+    assert "/" not in name and len(name) <= 104 and name.startswith("000_data.root=_a_very")
