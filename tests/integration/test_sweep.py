@@ -267,6 +267,9 @@ def test_the_plan_follows_hydras_sweep_grammar():
     names = [plan.run_name(i, job) for i, job in enumerate(plan.jobs)]
     assert names[:2] == ["000_data.fold_id=0,recipe=irra", "001_data.fold_id=0,recipe=rde"]
     assert plan_sweep(["seed=choice(3,4)"]).jobs == [["seed=3"], ["seed=4"]]
+    added = plan_sweep(["+objectives.id.weight=0.5,1.0"])  # an added key names its folders too
+    assert added.swept == ["objectives.id.weight"]
+    assert added.run_name(1, added.jobs[1]) == "001_+objectives.id.weight=1.0"
     long = plan_sweep(["data.root=/a/very/long/path/" + "x" * 120 + ",/b"])
     name = long.run_name(0, long.jobs[0])
     assert "/" not in name and len(name) <= 104 and name.startswith("000_data.root=_a_very")

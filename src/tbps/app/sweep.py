@@ -91,7 +91,7 @@ def plan_sweep(overrides: Sequence[str]) -> SweepPlan:
             + (f" ({' '.join(empty)} is empty)" if empty else "")
             + "; e.g. tbps train -m seed=1,2,3 optim.lr=1e-4,2e-4"
         )
-    swept = sorted({o.get_key_element() for o in task if o.is_sweep_override()})
+    swept = sorted({override_key(o.get_key_element()) for o in task if o.is_sweep_override()})
     return SweepPlan(command=command, hydra_overrides=hydra, jobs=jobs, swept=swept)
 
 
