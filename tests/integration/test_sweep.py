@@ -194,6 +194,8 @@ def test_a_run_folder_of_other_overrides_is_never_overwritten(tmp_path, capsys):
         (["seed=1,2", "optim.nope=1,2"], "unknown config key 'optim.nope'"),
         (["seed=1,2", "optim.lr=-1,1"], "optim.lr=-1: expected a positive number"),
         (["seed=1,2", "optim.lr=[1"], "cannot parse the sweep overrides"),
+        (["seed=1,2", "hydra/launcher=nope"], "unknown option 'nope' for config group 'hydra/l"),
+        (["seed=1,2", "hydra.launcher.nope=1"], "unknown config key 'hydra.launcher.nope'"),
     ],
 )
 def test_bad_sweeps_are_refused_in_one_line_before_any_run(tmp_path, capsys, extra, message):

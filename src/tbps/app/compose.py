@@ -17,7 +17,9 @@ def _valid_keys_hint(config_name: str, overrides: Sequence[str], key: str) -> st
     others = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(key)]
     try:
         with initialize_config_module("tbps.configs", version_base="1.3"):
-            cfg = compose(config_name, overrides=others)
+            cfg = compose(
+                config_name, overrides=others, return_hydra_config=key.startswith("hydra.")
+            )
     except Exception:  # noqa: BLE001 - only a hint
         return ""
     parent, _, _ = key.rpartition(".")
@@ -28,14 +30,15 @@ def _valid_keys_hint(config_name: str, overrides: Sequence[str], key: str) -> st
     return f"; valid keys {where}: {', '.join(sorted(str(k) for k in node))}"
 
 
-def compose_config(config_name: str, overrides: Sequence[str]):
-    """Compose a packaged primary config with overrides; errors become one-line ConfigErrors."""
+def compose_config(config_name: str, overrides: Sequence[str], with_hydra: bool = False):
+    """Compose a packaged primary config with overrides; errors become one-line ConfigErrors.
+    ``with_hydra`` keeps the ``hydra`` node (launcher settings of a sweep)."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
 
     try:
         with initialize_config_module("tbps.configs", version_base="1.3"):
-            return compose(config_name, overrides=list(overrides))
+            return compose(config_name, overrides=list(overrides), return_hydra_config=with_hydra)
     except HydraException as e:
         raise config_error(e, config_name, overrides) from e
 
@@ -54,7 +57,11 @@ def config_error(error: Exception, config_name: str, overrides: Sequence[str]) -
     if missing:
         group, option = missing.groups()
         options = re.findall(r"^\t(\S+)$", message, flags=re.M)
+        hint = ""
+        if group == "hydra/launcher" and not any(o.startswith("submitit") for o in options):
+            hint = " (the SLURM launchers need pip install 'tbps[slurm]')"
         return ConfigError(
-            f"unknown option {option!r} for config group {group!r}; valid: {', '.join(options)}"
+            f"unknown option {option!r} for config group {group!r}; valid: "
+            f"{', '.join(options)}{hint}"
         )
     return ConfigError(re.sub(r"\s*\n\s*", " ", message))

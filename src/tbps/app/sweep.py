@@ -269,6 +269,8 @@ def run_sweep(
             validate_config("train", compose_config("train", job))
         except ConfigError as e:
             raise ConfigError(f"sweep job {' '.join(job)}: {e}") from e
+    if plan.hydra_overrides:  # the launcher's settings compose too (an unknown one: one line)
+        compose_config("train", plan.hydra_overrides + plan.jobs[0], with_hydra=True)
     path = find_sweep_dir(plan, sweep_dir, runs_dir)
     write_sweep_record(path, plan)
     log.info("sweep of %d runs in %s", len(plan.jobs), path)
