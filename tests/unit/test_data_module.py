@@ -186,6 +186,10 @@ def test_cached_images_give_the_same_batches_and_are_decoded_once(dataset, token
     for a, b in zip(plain, cached):
         assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in ("images", "aug_images"))
     assert max(plain_decoded.values()) > 1 and set(cached_decoded.values()) == {1}
+    # one preallocated block holds every image (no tensor per image to fragment the heap)
+    cache = loader.dataset._resized
+    assert cache._block.shape == (len(cached_decoded), 3, *dm.image_size)
+    assert cache._block.dtype == torch.uint8 and all(cache._filled)
     with pytest.raises(ConfigError, match="cannot be used with SS views"):
         _module(dataset, tokenizer, cache_images=True, ss_views=True)
     auto = _module(dataset, tokenizer, ss_views=True)  # auto: SS views crop the full image
