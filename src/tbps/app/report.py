@@ -25,7 +25,9 @@ from tbps.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.json"  # the same names as tbps.app.sweep (which imports Hydra)
+#: the files of a sweep and of a run folder that the report reads (tbps train and the sweep
+#: write them: they import these names)
+SWEEP_FILE = "sweep.json"
 FAILED_FILE = "failed.json"
 OVERRIDES_FILE = "overrides.yaml"
 RUN_MARKERS = ("config.yaml", "metrics.json", FAILED_FILE, OVERRIDES_FILE)
@@ -138,16 +140,29 @@ def read_run(path: Path, planned: Sequence[str] | None = None) -> RunResult:
     overrides_file = path / OVERRIDES_FILE
     if overrides_file.is_file():
         words = yaml.load(overrides_file.read_text(), Loader=_LOADER) or []
-    result = RunResult(path, "pending", parse_overrides(words))
-    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else None
-    if metrics is not None:
-        result.status, result.metrics = "finished", flat_metrics(metrics)
-    elif (path / FAILED_FILE).is_file():
-        result.status = "failed"
+    result = RunResult(path, run_status(path), parse_overrides(words))
+    if result.status == "finished":
+        result.metrics = flat_metrics(_read_json(path / "metrics.json") or {})
+    elif result.status == "failed":
         result.error = (_read_json(path / FAILED_FILE) or {}).get("error", "unreadable record")
-    elif (path / "checkpoints" / "last.ckpt").is_file():
-        result.status = "resumable"
     return result
+
+
+def run_status(run_dir: Path) -> str:
+    """finished (metrics.json) | failed (failed.json) | resumable (last.ckpt) | pending."""
+    if (run_dir / "metrics.json").is_file():
+        return "finished"
+    if (run_dir / FAILED_FILE).is_file():
+        return "failed"
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return "resumable"
+    return "pending"
+
+
+def status_counts(runs: Sequence[RunResult]) -> dict[str, int]:
+    """``{"finished": 3, "failed": 1}``, in the order the statuses first appear."""
+    statuses = [r.status for r in runs]
+    return {s: statuses.count(s) for s in dict.fromkeys(statuses)}
 
 
 def collect_runs(paths: Sequence[str | Path]) -> list[RunResult]:
@@ -222,9 +237,7 @@ def varying_keys(runs: Sequence[RunResult], exclude: Sequence[str] = ()) -> list
     """Override keys whose value is not the same in every run (the table's columns)."""
     keys = sorted({k for r in runs for k in r.overrides} - set(exclude))
     missing = object()
-    return [
-        k for k in keys if len({_hashable(r.overrides.get(k, missing)) for r in runs}) > 1
-    ] or []
+    return [k for k in keys if len({_hashable(r.overrides.get(k, missing)) for r in runs}) > 1]
 
 
 def common_overrides(runs: Sequence[RunResult]) -> dict[str, Any]:
@@ -353,7 +366,7 @@ def format_report(
         words = " ".join(f"{k}={_show(v)}" for k, v in common.items())
         parts.append(f"common overrides: {'`' + words + '`' if fmt == 'markdown' else words}")
     parts.append(render(*run_rows(runs)))
-    counts = {s: sum(r.status == s for r in runs) for s in dict.fromkeys(r.status for r in runs)}
+    counts = status_counts(runs)
     parts.append(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     for run in runs:
         if run.error:

@@ -24,12 +24,11 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tbps.app.report import FAILED_FILE, OVERRIDES_FILE, SWEEP_FILE, run_status
 from tbps.errors import ConfigError, one_line
 
 log = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.json"
-FAILED_FILE = "failed.json"
 #: keys the sweep sets for every job itself
 SWEEP_OWNED = ("run_dir", "resume")
 
@@ -127,10 +126,10 @@ def find_sweep_dir(plan: SweepPlan, sweep_dir: str | None, runs_dir: str) -> Pat
 
 
 def write_sweep_record(path: Path, plan: SweepPlan) -> None:
+    names = [plan.run_name(i, job) for i, job in enumerate(plan.jobs)]
     runs = [
-        {"run_dir": plan.run_name(i, job), "overrides": job, "status": run_status(path / name)}
-        for i, job in enumerate(plan.jobs)
-        for name in [plan.run_name(i, job)]
+        {"run_dir": name, "overrides": job, "status": run_status(path / name)}
+        for name, job in zip(names, plan.jobs, strict=True)
     ]
     record = {
         "command": plan.command,
@@ -143,17 +142,6 @@ def write_sweep_record(path: Path, plan: SweepPlan) -> None:
     tmp = path / f".{SWEEP_FILE}.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(path / SWEEP_FILE)
-
-
-def run_status(run_dir: Path) -> str:
-    """finished (metrics.json) | failed (failed.json) | resumable (last.ckpt) | pending."""
-    if (run_dir / "metrics.json").is_file():
-        return "finished"
-    if (run_dir / FAILED_FILE).is_file():
-        return "failed"
-    if (run_dir / "checkpoints" / "last.ckpt").is_file():
-        return "resumable"
-    return "pending"
 
 
 # -- one job (runs where the launcher puts it: this process, or a SLURM node) ------------------
@@ -189,7 +177,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], group: str) ->
     """Skip a finished run, resume one with a last.ckpt, else train in ``run_dir``."""
     from tbps.app.resume import resume_config
     from tbps.app.schema import validate_config
-    from tbps.app.train import OVERRIDES_FILE, run_training
+    from tbps.app.train import run_training
 
     status = run_status(run_dir)
     recorded = run_dir / OVERRIDES_FILE
@@ -255,7 +243,7 @@ def hydra_sweep_overrides(plan: SweepPlan, sweep_dir: Path) -> list[str]:
 def run_sweep(
     overrides: Sequence[str], sweep_dir: str | None = None, runs_dir: str = "runs"
 ) -> tuple[Path, dict[str, int]]:
-    """Plan, check every job's config, launch; returns the sweep folder and status counts."""
+    """Plan, check every job's config, launch; returns the sweep folder and its plan."""
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -286,15 +274,19 @@ def run_sweep(
     except HydraException as e:  # a launcher that cannot start (e.g. no sbatch)
         raise config_error(e, "train", everything) from e
     write_sweep_record(path, plan)
-    statuses = [run_status(path / plan.run_name(i, job)) for i, job in enumerate(plan.jobs)]
-    counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
-    return path, counts
+    return path, plan
 
 
 def sweep_command(args: Sequence[str]) -> int:
     """``tbps train -m ...``: run the sweep, then print its table and write ``report.md`` and the
     plots into the sweep folder. Exit code 0 when every run finished, 1 otherwise."""
-    from tbps.app.report import REPLICATE_KEYS, collect_runs, format_report, write_report
+    from tbps.app.report import (
+        REPLICATE_KEYS,
+        collect_runs,
+        format_report,
+        status_counts,
+        write_report,
+    )
 
     sweep_dir, runs_dir, overrides = None, "runs", []
     for arg in args:
@@ -305,10 +297,10 @@ def sweep_command(args: Sequence[str]) -> int:
         if key == "runs_dir":
             runs_dir = value
         overrides.append(arg)
-    path, counts = run_sweep(overrides, sweep_dir, runs_dir)
-    swept = json.loads((path / SWEEP_FILE).read_text())["swept"]
-    group_by = [k for k in REPLICATE_KEYS if k in swept]
+    path, plan = run_sweep(overrides, sweep_dir, runs_dir)
+    group_by = [k for k in REPLICATE_KEYS if k in plan.swept]
     runs = collect_runs([path])
+    counts = status_counts(runs)
     print("\n" + format_report(runs, group_by), flush=True)
     written = write_report(runs, path, group_by)
     summary = ", ".join(f"{n} {status}" for status, n in counts.items())

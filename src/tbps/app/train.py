@@ -36,6 +36,7 @@ from tbps.app.hardware import (
     trains_on_cuda,
     use_cuda_defaults,
 )
+from tbps.app.report import OVERRIDES_FILE  # the command's key=value words
 from tbps.data.datamodule import TBPSDataModule
 from tbps.data.images import check_images
 from tbps.data.records import DatasetSplits
@@ -74,9 +75,6 @@ from tbps.training.loggers import build_loggers, provenance
 from tbps.training.module import TBPSLightningModule
 
 log = logging.getLogger(__name__)
-
-#: the run's command-line overrides (a YAML list of ``key=value``), for ``tbps report``
-OVERRIDES_FILE = "overrides.yaml"
 
 
 def resolve_run_dir(
