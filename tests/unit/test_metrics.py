@@ -75,13 +75,20 @@ def random_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.nd
     return sim.astype(np.float32), qp, gp
 
 
+#: _CONTENDER_FRACTION values that force each path: every item mapped onto cells, or only the
+#: contenders (the items scoring at least the row's lowest positive) gathered first.
+PATHS = {"all items": -1.0, "contenders": 2.0}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("seed", range(40))
-def test_random_cases_match_brute_force_reference(seed, monkeypatch):
+def test_random_cases_match_brute_force_reference(seed, path, monkeypatch):
     rng = np.random.default_rng(100 + seed)
     sim, qp, gp = random_case(rng)
     want = reference_metrics(sim, qp, gp, ks=(1, 3, 100))  # 100 > num_gallery
     if want["num_queries"] == 0:
         return
+    monkeypatch.setattr(metrics_module, "_CONTENDER_FRACTION", PATHS[path])
     assert_close(retrieval_metrics(torch.from_numpy(sim), qp, gp, ks=(1, 3, 100)), want)
     # One query per chunk and as few cells as possible: everything shares a cell.
     monkeypatch.setattr(metrics_module, "_CHUNK_BYTES", 1)
@@ -90,13 +97,15 @@ def test_random_cases_match_brute_force_reference(seed, monkeypatch):
     assert_close(retrieval_metrics(torch.from_numpy(sim), qp, gp, ks=(1, 3, 100)), want)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("seed", range(3))
-def test_larger_continuous_cases_and_chunking(seed, monkeypatch):
+def test_larger_continuous_cases_and_chunking(seed, path, monkeypatch):
+    monkeypatch.setattr(metrics_module, "_CONTENDER_FRACTION", PATHS[path])
     rng = np.random.default_rng(seed)
     gp = rng.permutation(np.repeat(np.arange(12), rng.integers(1, 30, size=12)))
     qp = rng.integers(0, 13, size=60)
     sim = rng.normal(size=(60, gp.size)).astype(np.float32)
-    sim += 1.5 * (qp[:, None] == gp[None, :])
+    sim += (1.5 + 3.0 * seed) * (qp[:, None] == gp[None, :])  # up to a near-perfect model
     sim[:, :10] = np.round(sim[:, :10], 1)  # some ties
     want = reference_metrics(sim, qp, gp)
     assert_close(retrieval_metrics(sim, qp, gp), want)
@@ -105,7 +114,9 @@ def test_larger_continuous_cases_and_chunking(seed, monkeypatch):
     assert_close(retrieval_metrics(sim, qp, gp), want)
 
 
-def test_from_embeddings_matches_the_similarity_matrix(monkeypatch):
+@pytest.mark.parametrize("path", PATHS)
+def test_from_embeddings_matches_the_similarity_matrix(path, monkeypatch):
+    monkeypatch.setattr(metrics_module, "_CONTENDER_FRACTION", PATHS[path])
     rng = np.random.default_rng(3)
     queries = torch.from_numpy(rng.normal(size=(50, 8)).astype(np.float32))
     gallery = torch.from_numpy(rng.normal(size=(70, 8)).astype(np.float32))
@@ -163,3 +174,25 @@ def test_bad_shapes_and_values_are_rejected():
         retrieval_metrics(torch.tensor([[float("nan")]]), [1], [1])
     with pytest.raises(ValueError, match="2-D"):
         retrieval_metrics(torch.rand(3), [1, 2, 3], [1, 2, 3])
+
+
+def test_the_default_choice_takes_each_path(monkeypatch):
+    """A decent model's similarities gather the contenders, a poor one's map every item; both
+    give the reference's numbers."""
+    taken = []
+    original = metrics_module._Contenders.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        taken.append("all items" if self.row is None else "contenders")
+
+    monkeypatch.setattr(metrics_module._Contenders, "__init__", spy)
+    rng = np.random.default_rng(7)
+    gp = rng.permutation(np.repeat(np.arange(40), 4))
+    qp = rng.integers(0, 40, size=80)
+    noise = rng.normal(size=(80, gp.size)).astype(np.float32)
+    for margin, path in ((4.0, "contenders"), (0.0, "all items")):
+        sim = noise + margin * (qp[:, None] == gp[None, :])
+        taken.clear()
+        assert_close(retrieval_metrics(sim, qp, gp), reference_metrics(sim, qp, gp))
+        assert set(taken) == {path}

@@ -15,8 +15,10 @@ is mapped by a monotone affine map onto ``W`` integer cells spanning its positiv
 ``bincount`` gives the items per cell, so everything in a cell strictly above (below) a positive's
 cell is above (below) it. Only the items that share a cell with a positive are compared exactly
 (float32 score, then gallery index), so the cost is a few passes over the scores, whatever the
-number of positives. Everything runs on the device of the similarities (or embeddings), and the
-temporaries of a chunk stay within ``_CHUNK_BYTES``.
+number of positives. Items scoring below a row's lowest positive rank above none of them: when
+they are the bulk of a chunk (any decent model), one compare finds the others, the contenders,
+and only those are mapped and counted. Everything runs on the device of the similarities (or
+embeddings), and the temporaries of a chunk stay within ``_CHUNK_BYTES``.
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: Budget for the per-chunk temporaries (about 16 bytes per similarity of the chunk).
+#: Budget for the per-chunk temporaries (at most about 16 bytes per similarity of the chunk).
 _CHUNK_BYTES = 32 << 20
 _BYTES_PER_SIMILARITY = 16
 #: Cells per row = gallery size / this (at least _MIN_CELLS): fewer cells, more exact compares.
 _GALLERY_PER_CELL = 8
 _MIN_CELLS = 16
+#: Gather the contenders (items scoring at least a row's lowest positive) when at most this
+#: fraction of a chunk's item pairs holds one: it saves the cells of all other items.
+_CONTENDER_FRACTION = 0.25
 _INT64_MAX = torch.iinfo(torch.int64).max
 
 
@@ -60,8 +65,8 @@ def _order_keys(values: torch.Tensor, gallery_idx: torch.Tensor, num_gallery: in
 def _flat_nonzero(flags: torch.Tensor) -> torch.Tensor:
     """Indices of the True entries of a 1-D bool tensor whose length is a multiple of 8."""
     words = torch.nonzero(flags.view(torch.int64)).squeeze(1)  # scan 8 flags at a time
-    hit = torch.nonzero(flags.view(-1, 8)[words])
-    return words[hit[:, 0]] * 8 + hit[:, 1]
+    hit = torch.nonzero(flags.view(-1, 8).index_select(0, words))
+    return words.index_select(0, hit[:, 0]) * 8 + hit[:, 1]
 
 
 def _cell_map(
@@ -80,6 +85,22 @@ def _cell_map(
     return torch.where(ok, scale, 0.0), torch.where(ok, offset, 1.0)
 
 
+def _cells(
+    values: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    num_cells: int,
+    out_float: torch.Tensor,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """``floor(clamp(values * scale + offset, 0, num_cells - 1))`` into the int32 ``out``: two
+    correctly rounded operations, so the same score always lands in the same cell and a higher
+    score never in a lower one, whichever shape the scores come in."""
+    torch.mul(values, scale, out=out_float)
+    out_float.add_(offset).clamp_(0, num_cells - 1)
+    return out.copy_(out_float)  # truncation = floor (all >= 0)
+
+
 class _Scratch:
     """Flat scratch tensors reused from chunk to chunk (no fresh pages for every chunk)."""
 
@@ -95,6 +116,87 @@ class _Scratch:
         return buf[:numel]
 
 
+def _padded_flags(scratch: _Scratch, name: str, numel: int) -> torch.Tensor:
+    """A bool scratch of ``numel`` rounded up to a whole word, the padding False."""
+    flags = scratch.get(name, -(-numel // 8) * 8, torch.bool)
+    flags[numel:] = False
+    return flags
+
+
+class _Contenders:
+    """The items of a chunk that may rank above a positive, and their global cells.
+
+    Nothing scoring below a row's lowest positive ranks above any of its positives. When few
+    items score that high (a decent model), only those, the contenders, are gathered and mapped
+    onto cells, a few cells per row; otherwise every item is, ``num_gallery // 8`` cells a row.
+    Row r owns the global cells ``r * W .. r * W + W - 1``.
+    """
+
+    def __init__(self, sim: torch.Tensor, lowest: torch.Tensor, scratch: _Scratch) -> None:
+        rows, num_gallery = sim.shape
+        numel = rows * num_gallery
+        self.num_gallery = num_gallery
+        self.scores = sim.reshape(-1)
+        self.row = self.col = None
+        self.num_cells = max(_MIN_CELLS, num_gallery // _GALLERY_PER_CELL)
+        mask = scratch.get("cells_f", numel + numel % 2, torch.float32)  # float: the fast compare
+        mask[numel:] = 0.0
+        torch.ge(sim, lowest[:, None], out=mask[:numel].view(rows, num_gallery))
+        words = mask.view(torch.int64)
+        sample = words[: max(1, words.numel() // 16)]  # the first rows: enough to choose
+        if int(torch.count_nonzero(sample)) > _CONTENDER_FRACTION * sample.numel():
+            return
+        # Both items of every pair holding a contender: an extra item scores below the lowest
+        # positive, so it ranks above none, and is cheaper to keep than to sort out.
+        pairs = torch.nonzero(words).squeeze(1)
+        if pairs.numel() > _CONTENDER_FRACTION * words.numel():  # the sample misled
+            return
+        pairs *= 2
+        where = torch.stack([pairs, pairs + 1], 1).view(-1)
+        if numel % 2:
+            where = where[where < numel]  # not the padding
+        self.row = torch.div(where, num_gallery, rounding_mode="floor")
+        self.col = where - self.row * num_gallery
+        self.scores = self.scores.index_select(0, where)
+        most = int(torch.bincount(self.row, minlength=1).max())  # bounds the exact compares
+        self.num_cells = max(_MIN_CELLS, min(self.num_cells, most // _GALLERY_PER_CELL))
+
+    def cells(
+        self, sim: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, scratch: _Scratch
+    ) -> torch.Tensor:
+        """Global int32 cells of the contenders (flat), for the per-row cell map."""
+        rows, num_gallery = sim.shape
+        num_cells = self.num_cells
+        base = torch.arange(rows, dtype=torch.int32, device=sim.device) * num_cells
+        if self.row is None:
+            numel = rows * num_gallery
+            cells_f = scratch.get("cells_f", numel, torch.float32).view(rows, num_gallery)
+            cells = scratch.get("cells", numel, torch.int32).view(rows, num_gallery)
+            _cells(sim, scale[:, None], offset[:, None], num_cells, cells_f, cells)
+            return cells.add_(base[:, None]).view(-1)
+        count = self.row.numel()
+        cells = _cells(
+            self.scores,
+            scale.index_select(0, self.row),
+            offset.index_select(0, self.row),
+            num_cells,
+            scratch.get("cells_f", count, torch.float32),
+            scratch.get("cells", count, torch.int32),
+        )
+        return cells.add_(base.index_select(0, self.row))
+
+    def locate(self, where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row, gallery index, score) of the contenders at positions ``where`` of the cells."""
+        if self.row is None:
+            row = torch.div(where, self.num_gallery, rounding_mode="floor")
+            return row, where - row * self.num_gallery, self.scores.index_select(0, where)
+        return (
+            self.row.index_select(0, where),
+            self.col.index_select(0, where),
+            self.scores.index_select(0, where),
+        )
+
+
 def _positive_ranks(
     sim: torch.Tensor, pos_idx: torch.Tensor, in_run: torch.Tensor, scratch: _Scratch
 ) -> torch.Tensor:
@@ -104,48 +206,46 @@ def _positive_ranks(
     ones first in each row). Entries past a row's positives are meaningless.
     """
     rows, num_gallery = sim.shape
-    num_cells = max(_MIN_CELLS, num_gallery // _GALLERY_PER_CELL)
     device = sim.device
     pos_val = sim.gather(1, pos_idx)
     pos_key = _order_keys(pos_val, pos_idx, num_gallery).masked_fill(~in_run, _INT64_MAX)
     pos_key, order = torch.sort(pos_key, dim=1)  # ascending; padding last
     pos_idx = pos_idx.gather(1, order)
+    pos_val = pos_val.gather(1, order)
     num_pos = pos_key.shape[1]
+    n = in_run.sum(1)
 
-    # Coarse step: cell of every score; row r owns the global cells r*W .. r*W + W - 1.
+    # Coarse step: cells of the contenders, one bincount; the valid positives sort first, so
+    # column 0 holds each row's lowest.
+    items = _Contenders(sim, pos_val[:, 0], scratch)
+    num_cells = items.num_cells
     scale, offset = _cell_map(pos_val, in_run, num_cells)
-    numel = rows * num_gallery
-    cells_f = scratch.get("cells_f", numel, torch.float32).view(rows, num_gallery)
-    torch.mul(sim, scale[:, None], out=cells_f)  # two correctly rounded ops: monotone in sim
-    cells_f.add_(offset[:, None]).clamp_(0, num_cells - 1)
-    cells = scratch.get("cells", numel, torch.int32).view(rows, num_gallery)
-    cells.copy_(cells_f)  # truncation = floor (all >= 0)
-    row_base = torch.arange(rows, dtype=torch.int32, device=device) * num_cells
-    cells.add_(row_base[:, None])
-    flat = cells.view(-1)
-    per_cell = torch.bincount(flat, minlength=rows * num_cells)
-    pos_cell = cells.gather(1, pos_idx).long()  # (c, P) global cells of the positives
+    cells = items.cells(sim, scale, offset, scratch)
+    per_cell = torch.bincount(cells, minlength=rows * num_cells)
+    pos_cell = torch.empty_like(pos_idx, dtype=torch.int32)
+    _cells(pos_val, scale[:, None], offset[:, None], num_cells, torch.empty_like(pos_val), pos_cell)
+    row_base = torch.arange(rows, device=device)[:, None] * num_cells
+    pos_cell = pos_cell.long() + row_base  # (c, P) global cells of the positives
     shared = torch.zeros(rows * num_cells, dtype=torch.bool, device=device)
     shared[pos_cell[in_run]] = True  # cells holding a positive: their items are compared exactly
-    flags = scratch.get("flags", -(-numel // 8) * 8, torch.bool)
-    flags[numel:] = False
-    torch.index_select(shared, 0, flat, out=flags[:numel])
+    count = cells.numel()
+    flags = _padded_flags(scratch, "flags", count)
+    torch.index_select(shared, 0, cells, out=flags[:count])
     # Items in cells strictly above a positive's cell rank above it.
     per_cell.masked_fill_(shared, 0)
     cumulative = per_cell.view(rows, num_cells).cumsum(1)
-    above = cumulative[:, -1:] - cumulative.gather(1, pos_cell - row_base[:, None].long())
+    above = cumulative[:, -1:] - cumulative.gather(1, pos_cell - row_base)
 
     # Exact step: items sharing a cell with a positive, by (score, gallery index) key.
     where = _flat_nonzero(flags)
-    row, col = where // num_gallery, where % num_gallery
-    key = _order_keys(sim[row, col], col, num_gallery)
-    item_cell = cells.view(-1)[where].long()
+    row, col, scores = items.locate(where)
+    key = _order_keys(scores, col, num_gallery)
+    item_cell = cells.index_select(0, where).long()
     # The valid positives, flattened row after row, are sorted by global cell and by key.
-    n = in_run.sum(1)
     flat_cell, flat_key = pos_cell[in_run], pos_key[in_run]
     first = torch.searchsorted(flat_cell, item_cell)  # first positive of the item's cell
     stop = torch.searchsorted(flat_cell, item_cell, right=True)
-    below = first - (torch.cumsum(n, 0) - n)[row]  # positives in lower cells of the row
+    below = first - (torch.cumsum(n, 0) - n).index_select(0, row)  # positives in lower cells
     for t in range(int((stop - first).max()) if where.numel() else 0):  # usually 1 per cell
         j = first + t
         below += (j < stop) & (flat_key[j.clamp(max=flat_key.numel() - 1)] < key)
