@@ -137,7 +137,7 @@ class _Contenders:
         numel = rows * num_gallery
         self.num_gallery = num_gallery
         self.scores = sim.reshape(-1)
-        self.row = self.col = None
+        self.where = self.row = None  # flat positions and rows of the contenders; None: all
         self.num_cells = max(_MIN_CELLS, num_gallery // _GALLERY_PER_CELL)
         mask = scratch.get("cells_f", numel + numel % 2, torch.float32)  # float: the fast compare
         mask[numel:] = 0.0
@@ -146,17 +146,14 @@ class _Contenders:
         sample = words[: max(1, words.numel() // 16)]  # the first rows: enough to choose
         if int(torch.count_nonzero(sample)) > _CONTENDER_FRACTION * sample.numel():
             return
-        # Both items of every pair holding a contender: an extra item scores below the lowest
-        # positive, so it ranks above none, and is cheaper to keep than to sort out.
         pairs = torch.nonzero(words).squeeze(1)
         if pairs.numel() > _CONTENDER_FRACTION * words.numel():  # the sample misled
             return
         pairs *= 2
-        where = torch.stack([pairs, pairs + 1], 1).view(-1)
-        if numel % 2:
-            where = where[where < numel]  # not the padding
+        where = torch.stack([pairs, pairs + 1], 1).view(-1)  # both items of every such pair
+        where = where.index_select(0, torch.nonzero(mask.index_select(0, where)).squeeze(1))
+        self.where = where
         self.row = torch.div(where, num_gallery, rounding_mode="floor")
-        self.col = where - self.row * num_gallery
         self.scores = self.scores.index_select(0, where)
         most = int(torch.bincount(self.row, minlength=1).max())  # bounds the exact compares
         self.num_cells = max(_MIN_CELLS, min(self.num_cells, most // _GALLERY_PER_CELL))
@@ -175,10 +172,11 @@ class _Contenders:
             _cells(sim, scale[:, None], offset[:, None], num_cells, cells_f, cells)
             return cells.add_(base[:, None]).view(-1)
         count = self.row.numel()
+        maps = torch.stack([scale, offset], 1).index_select(0, self.row)  # one gather for both
         cells = _cells(
             self.scores,
-            scale.index_select(0, self.row),
-            offset.index_select(0, self.row),
+            maps[:, 0],
+            maps[:, 1],
             num_cells,
             scratch.get("cells_f", count, torch.float32),
             scratch.get("cells", count, torch.int32),
@@ -187,14 +185,9 @@ class _Contenders:
 
     def locate(self, where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(row, gallery index, score) of the contenders at positions ``where`` of the cells."""
-        if self.row is None:
-            row = torch.div(where, self.num_gallery, rounding_mode="floor")
-            return row, where - row * self.num_gallery, self.scores.index_select(0, where)
-        return (
-            self.row.index_select(0, where),
-            self.col.index_select(0, where),
-            self.scores.index_select(0, where),
-        )
+        flat = where if self.where is None else self.where.index_select(0, where)
+        row = torch.div(flat, self.num_gallery, rounding_mode="floor")
+        return row, flat - row * self.num_gallery, self.scores.index_select(0, where)
 
 
 def _positive_ranks(
