@@ -141,11 +141,14 @@ class _Contenders:
         self.num_cells = max(_MIN_CELLS, num_gallery // _GALLERY_PER_CELL)
         mask = scratch.get("cells_f", numel + numel % 2, torch.float32)  # float: the fast compare
         mask[numel:] = 0.0
-        torch.ge(sim, lowest[:, None], out=mask[:numel].view(rows, num_gallery))
-        words = mask.view(torch.int64)
-        sample = words[: max(1, words.numel() // 16)]  # the first rows: enough to choose
-        if int(torch.count_nonzero(sample)) > _CONTENDER_FRACTION * sample.numel():
+        grid = mask[:numel].view(rows, num_gallery)
+        first = -(-rows // 16)  # the first rows are enough to choose a path
+        torch.ge(sim[:first], lowest[:first, None], out=grid[:first])
+        sample = mask[: first * num_gallery // 2 * 2].view(torch.int64)
+        if int(torch.count_nonzero(sample)) > _CONTENDER_FRACTION * max(1, sample.numel()):
             return
+        torch.ge(sim[first:], lowest[first:, None], out=grid[first:])
+        words = mask.view(torch.int64)
         pairs = torch.nonzero(words).squeeze(1)
         if pairs.numel() > _CONTENDER_FRACTION * words.numel():  # the sample misled
             return
