@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 #: Budget for the per-chunk temporaries (at most about 16 bytes per similarity of the chunk).
 _CHUNK_BYTES = 32 << 20
 _BYTES_PER_SIMILARITY = 16
-#: Cells per row = gallery size / this (at least _MIN_CELLS): fewer cells, more exact compares.
+#: Cells per row = items mapped in the row (the gallery, or its most contenders) / this, at least
+#: _MIN_CELLS: fewer cells, more exact compares.
 _GALLERY_PER_CELL = 8
 _MIN_CELLS = 16
 #: Gather the contenders (items scoring at least a row's lowest positive) when at most this
