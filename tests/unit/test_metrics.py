@@ -75,9 +75,25 @@ def random_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.nd
     return sim.astype(np.float32), qp, gp
 
 
-#: _CONTENDER_FRACTION values that force each path: every item mapped onto cells, or only the
-#: contenders (the items scoring at least the row's lowest positive) gathered first.
-PATHS = {"all items": -1.0, "contenders": 2.0}
+#: Plan costs that force each plan: every item mapped onto cells, or only the contenders (the
+#: items scoring at least the row's lowest positive) gathered first; each either alone or with
+#: the lowest positives (up to 3) ranked directly first.
+INF = float("inf")
+PATHS = {
+    "all items": {"_ALL_ITEMS_COST": 0.0},
+    "contenders": {"_ALL_ITEMS_COST": INF, "_DIRECT_RANK_COST": 1e9, "_CONTENDER_FRACTION": 2.0},
+    "all items, 3 direct": {"_ALL_ITEMS_COST": 0.0, "_DIRECT_RANK_COST": -1.0},
+    "contenders, 3 direct": {
+        "_ALL_ITEMS_COST": INF,
+        "_DIRECT_RANK_COST": -1e9,
+        "_CONTENDER_FRACTION": 2.0,
+    },
+}
+
+
+def force_path(monkeypatch, path: str) -> None:
+    for name, value in PATHS[path].items():
+        monkeypatch.setattr(metrics_module, name, value)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -88,7 +104,7 @@ def test_random_cases_match_brute_force_reference(seed, path, monkeypatch):
     want = reference_metrics(sim, qp, gp, ks=(1, 3, 100))  # 100 > num_gallery
     if want["num_queries"] == 0:
         return
-    monkeypatch.setattr(metrics_module, "_CONTENDER_FRACTION", PATHS[path])
+    force_path(monkeypatch, path)
     assert_close(retrieval_metrics(torch.from_numpy(sim), qp, gp, ks=(1, 3, 100)), want)
     # One query per chunk and as few cells as possible: everything shares a cell.
     monkeypatch.setattr(metrics_module, "_CHUNK_BYTES", 1)
@@ -100,7 +116,7 @@ def test_random_cases_match_brute_force_reference(seed, path, monkeypatch):
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("seed", range(3))
 def test_larger_continuous_cases_and_chunking(seed, path, monkeypatch):
-    monkeypatch.setattr(metrics_module, "_CONTENDER_FRACTION", PATHS[path])
+    force_path(monkeypatch, path)
     rng = np.random.default_rng(seed)
     gp = rng.permutation(np.repeat(np.arange(12), rng.integers(1, 30, size=12)))
     qp = rng.integers(0, 13, size=60)
@@ -116,7 +132,7 @@ def test_larger_continuous_cases_and_chunking(seed, path, monkeypatch):
 
 @pytest.mark.parametrize("path", PATHS)
 def test_from_embeddings_matches_the_similarity_matrix(path, monkeypatch):
-    monkeypatch.setattr(metrics_module, "_CONTENDER_FRACTION", PATHS[path])
+    force_path(monkeypatch, path)
     rng = np.random.default_rng(3)
     queries = torch.from_numpy(rng.normal(size=(50, 8)).astype(np.float32))
     gallery = torch.from_numpy(rng.normal(size=(70, 8)).astype(np.float32))
@@ -176,23 +192,55 @@ def test_bad_shapes_and_values_are_rejected():
         retrieval_metrics(torch.rand(3), [1, 2, 3], [1, 2, 3])
 
 
-def test_the_default_choice_takes_each_path(monkeypatch):
-    """A decent model's similarities gather the contenders, a poor one's map every item; both
-    give the reference's numbers."""
-    taken = []
-    original = metrics_module._Contenders.__init__
+def spy_plans(monkeypatch) -> list[tuple[str, int]]:
+    """Record, per chunk, whether every item or the contenders were mapped, and how many
+    positives of a row were ranked directly."""
+    taken, direct = [], []
+    original_init, original_rank = metrics_module._Contenders.__init__, metrics_module._direct_rank
 
-    def spy(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        taken.append("all items" if self.row is None else "contenders")
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        taken.append(("all items" if self.row is None else "contenders", len(direct)))
+        direct.clear()
 
-    monkeypatch.setattr(metrics_module._Contenders, "__init__", spy)
+    def rank(*args, **kwargs):
+        direct.append(1)
+        return original_rank(*args, **kwargs)
+
+    monkeypatch.setattr(metrics_module._Contenders, "__init__", init)
+    monkeypatch.setattr(metrics_module, "_direct_rank", rank)
+    return taken
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_each_forced_plan_is_the_one_taken(path, monkeypatch):
+    force_path(monkeypatch, path)
+    taken = spy_plans(monkeypatch)
+    rng = np.random.default_rng(11)
+    gp = rng.permutation(np.repeat(np.arange(10), 6))  # 6 positives a query: room for 3 direct
+    qp = rng.integers(0, 10, size=30)
+    sim = rng.normal(size=(30, gp.size)).astype(np.float32)
+    sim[:, ::7] = 0.25  # ties, also with positives ranked directly
+    assert_close(retrieval_metrics(sim, qp, gp), reference_metrics(sim, qp, gp))
+    mapped = "contenders" if path.startswith("contenders") else "all items"
+    assert set(taken) == {(mapped, 3 if "3 direct" in path else 0)}
+
+
+def test_the_default_plan_suits_the_model(monkeypatch):
+    """A decent model's similarities gather the contenders, a poor one's map every item, a
+    middling one's rank its lowest positives directly first; all give the reference's numbers."""
+    taken = spy_plans(monkeypatch)
     rng = np.random.default_rng(7)
     gp = rng.permutation(np.repeat(np.arange(40), 4))
     qp = rng.integers(0, 40, size=80)
     noise = rng.normal(size=(80, gp.size)).astype(np.float32)
-    for margin, path in ((4.0, "contenders"), (0.0, "all items")):
+    for margin, plan in ((6.0, ("contenders", 0)), (0.0, ("all items", 0))):
         sim = noise + margin * (qp[:, None] == gp[None, :])
         taken.clear()
         assert_close(retrieval_metrics(sim, qp, gp), reference_metrics(sim, qp, gp))
-        assert set(taken) == {path}
+        assert set(taken) == {plan}
+    sim = noise + 3.0 * (qp[:, None] == gp[None, :])
+    sim[:, [np.flatnonzero(gp == pid)[0] for pid in range(40)]] -= 10.0  # a hopeless positive
+    taken.clear()
+    assert_close(retrieval_metrics(sim, qp, gp), reference_metrics(sim, qp, gp))
+    assert taken and all(mapped == "contenders" and direct >= 1 for mapped, direct in taken)

@@ -17,8 +17,11 @@ cell is above (below) it. Only the items that share a cell with a positive are c
 (float32 score, then gallery index), so the cost is a few passes over the scores, whatever the
 number of positives. Items scoring below a row's lowest positive rank above none of them: when
 they are the bulk of a chunk (any decent model), one compare finds the others, the contenders,
-and only those are mapped and counted. Everything runs on the device of the similarities (or
-embeddings), and the temporaries of a chunk stay within ``_CHUNK_BYTES``.
+and only those are mapped and counted. A row's lowest positives, which let in the most
+contenders, can instead be ranked directly (two compares of the row each: the items scoring
+higher, and tied items at a lower index); each chunk picks the cheapest plan from a sample of
+its rows. Everything runs on the device of the similarities (or embeddings), and the
+temporaries of a chunk stay within ``_CHUNK_BYTES``.
 """
 
 from __future__ import annotations
@@ -38,8 +41,15 @@ _BYTES_PER_SIMILARITY = 16
 #: _MIN_CELLS: fewer cells, more exact compares.
 _GALLERY_PER_CELL = 8
 _MIN_CELLS = 16
-#: Gather the contenders (items scoring at least a row's lowest positive) when at most this
-#: fraction of a chunk's item pairs holds one: it saves the cells of all other items.
+#: Rough costs (ns per item of a chunk, 2 CPU threads) by which each chunk picks its plan: how
+#: many of a row's lowest positives to rank directly (two compares of the row each), and then
+#: whether to gather the contenders (a scan, then a cost per contender) or to map every item.
+_DIRECT_RANK_COST = 0.4
+_CONTENDER_SCAN_COST = 1.15
+_CONTENDER_COST = 50.0
+_ALL_ITEMS_COST = 7.0
+_MAX_DIRECT = 3
+#: More item pairs holding a contender than this fraction (the sample misled): map every item.
 _CONTENDER_FRACTION = 0.25
 _INT64_MAX = torch.iinfo(torch.int64).max
 
@@ -127,28 +137,26 @@ def _padded_flags(scratch: _Scratch, name: str, numel: int) -> torch.Tensor:
 class _Contenders:
     """The items of a chunk that may rank above a positive, and their global cells.
 
-    Nothing scoring below a row's lowest positive ranks above any of its positives. When few
-    items score that high (a decent model), only those, the contenders, are gathered and mapped
+    Nothing scoring below a row's lowest positive ranks above any of its positives. With
+    ``gather`` (few items score that high), only those, the contenders, are gathered and mapped
     onto cells, a few cells per row; otherwise every item is, ``num_gallery // 8`` cells a row.
     Row r owns the global cells ``r * W .. r * W + W - 1``.
     """
 
-    def __init__(self, sim: torch.Tensor, lowest: torch.Tensor, scratch: _Scratch) -> None:
+    def __init__(
+        self, sim: torch.Tensor, lowest: torch.Tensor, gather: bool, scratch: _Scratch
+    ) -> None:
         rows, num_gallery = sim.shape
         numel = rows * num_gallery
         self.num_gallery = num_gallery
         self.scores = sim.reshape(-1)
         self.where = self.row = None  # flat positions and rows of the contenders; None: all
         self.num_cells = max(_MIN_CELLS, num_gallery // _GALLERY_PER_CELL)
+        if not gather:
+            return
         mask = scratch.get("cells_f", numel + numel % 2, torch.float32)  # float: the fast compare
         mask[numel:] = 0.0
-        grid = mask[:numel].view(rows, num_gallery)
-        first = -(-rows // 16)  # the first rows are enough to choose a path
-        torch.ge(sim[:first], lowest[:first, None], out=grid[:first])
-        sample = mask[: first * num_gallery // 2 * 2].view(torch.int64)
-        if int(torch.count_nonzero(sample)) > _CONTENDER_FRACTION * max(1, sample.numel()):
-            return
-        torch.ge(sim[first:], lowest[first:, None], out=grid[first:])
+        torch.ge(sim, lowest[:, None], out=mask[:numel].view(rows, num_gallery))
         words = mask.view(torch.int64)
         pairs = torch.nonzero(words).squeeze(1)
         if pairs.numel() > _CONTENDER_FRACTION * words.numel():  # the sample misled
@@ -194,13 +202,52 @@ class _Contenders:
         return row, flat - row * self.num_gallery, self.scores.index_select(0, where)
 
 
+def _plan(
+    sim: torch.Tensor, pos_val: torch.Tensor, n: torch.Tensor, scratch: _Scratch
+) -> tuple[int, bool]:
+    """(lowest positives to rank directly, whether to gather the contenders) for a chunk, by the
+    costs above, from the contender fractions of its first sixteenth of rows."""
+    rows, num_gallery = sim.shape
+    first = -(-rows // 16)
+    sample = scratch.get("cells_f", first * num_gallery, torch.float32).view(first, num_gallery)
+    most = 0 if num_gallery >= 1 << 24 else _MAX_DIRECT  # float32 counts are exact below 2**24
+    costs = []
+    for direct in range(most + 1):
+        lowest = pos_val[:first].gather(1, (n[:first] - 1).clamp(max=direct)[:, None])
+        torch.ge(sim[:first], lowest, out=sample)
+        gathered = _CONTENDER_SCAN_COST + _CONTENDER_COST * float(sample.mean())
+        costs.append(
+            (direct * _DIRECT_RANK_COST + min(gathered, _ALL_ITEMS_COST), direct, gathered)
+        )
+    _, direct, gathered = min(costs)
+    return direct, gathered < _ALL_ITEMS_COST
+
+
+def _direct_rank(
+    sim: torch.Tensor, value: torch.Tensor, index: torch.Tensor, scratch: _Scratch
+) -> torch.Tensor:
+    """Rank of one positive per row (score ``value`` at gallery ``index``), from two compares
+    of the row: 1 + items scoring higher + tied items at a lower gallery index."""
+    rows, num_gallery = sim.shape
+    counts = scratch.get("cells_f", rows * num_gallery, torch.float32).view(rows, num_gallery)
+    torch.gt(sim, value[:, None], out=counts)
+    above = counts.sum(1)
+    torch.eq(sim, value[:, None], out=counts)
+    tied = counts.sum(1)  # the positive itself included
+    if bool((tied > 1).any()):
+        earlier = torch.arange(num_gallery, device=sim.device)[None, :] < index[:, None]
+        above += counts.mul_(earlier).sum(1)
+    return above.long() + 1
+
+
 def _positive_ranks(
     sim: torch.Tensor, pos_idx: torch.Tensor, in_run: torch.Tensor, scratch: _Scratch
 ) -> torch.Tensor:
     """Ranks ``r_1 < r_2 < ...`` of the positives of each row of a float32 (c, G) chunk.
 
     ``pos_idx`` (c, P) holds the positives' gallery indices, valid where ``in_run`` (the valid
-    ones first in each row). Entries past a row's positives are meaningless.
+    ones first in each row). Entries past a row's positives are meaningless. A few of the lowest
+    positives may be ranked directly, which raises the bar for the contenders of the rest.
     """
     rows, num_gallery = sim.shape
     device = sim.device
@@ -210,11 +257,45 @@ def _positive_ranks(
     pos_idx = pos_idx.gather(1, order)
     pos_val = pos_val.gather(1, order)
     num_pos = pos_key.shape[1]
-    n = in_run.sum(1)
+    total = in_run.sum(1)
+    direct, gather = _plan(sim, pos_val, total, scratch)
+    direct = min(direct, num_pos - 1)  # a row keeps at least one positive for the cells
+    deep = (total - 1).clamp(max=direct)  # per row: its lowest positives ranked directly
+    direct_ranks = [_direct_rank(sim, pos_val[:, j], pos_idx[:, j], scratch) for j in range(direct)]
+    if direct:  # the rest, still valid first
+        rest = (torch.arange(num_pos, device=device)[None, :] + deep[:, None]).clamp(
+            max=num_pos - 1
+        )
+        pos_val, pos_key, pos_idx = (t.gather(1, rest) for t in (pos_val, pos_key, pos_idx))
+    n = total - deep
+    in_run = torch.arange(num_pos, device=device)[None, :] < n[:, None]
+    ranks = _cell_ranks(sim, pos_val, pos_key, pos_idx, in_run, n, gather, scratch)
+    for j, rank in enumerate(direct_ranks):  # the j-th lowest is the (total - 1 - j)-th best
+        slot = (total - 1 - j).clamp(min=0)[:, None]
+        ranks.scatter_(
+            1, slot, torch.where(deep[:, None] > j, rank[:, None], ranks.gather(1, slot))
+        )
+    return ranks
 
+
+def _cell_ranks(
+    sim: torch.Tensor,
+    pos_val: torch.Tensor,
+    pos_key: torch.Tensor,
+    pos_idx: torch.Tensor,
+    in_run: torch.Tensor,
+    n: torch.Tensor,
+    gather: bool,
+    scratch: _Scratch,
+) -> torch.Tensor:
+    """Ranks, best first, of the positives whose (score, key, index) ascend in each row (the
+    ``n`` valid ones first), counted over the cells of the items that may rank above them."""
+    rows, num_gallery = sim.shape
+    device = sim.device
+    num_pos = pos_key.shape[1]
     # Coarse step: cells of the contenders, one bincount; the valid positives sort first, so
     # column 0 holds each row's lowest.
-    items = _Contenders(sim, pos_val[:, 0], scratch)
+    items = _Contenders(sim, pos_val[:, 0], gather, scratch)
     num_cells = items.num_cells
     scale, offset = _cell_map(pos_val, in_run, num_cells)
     cells = items.cells(sim, scale, offset, scratch)
