@@ -134,13 +134,10 @@ def make_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, tor
     gp, qp = torch.from_numpy(gallery_pids), torch.from_numpy(query_pids)
     generator = torch.Generator().manual_seed(0)
     if args.scores == "trained":  # cosines of embeddings around one prototype per identity
-        dim, noise = 256, 1.95 / 256**0.5
-        protos = torch.nn.functional.normalize(
-            torch.randn(int(gp.max()) + 1, dim, generator=generator), dim=1
-        )
+        dim, noise, normalize = 256, 1.95 / 256**0.5, torch.nn.functional.normalize
+        protos = normalize(torch.randn(int(gp.max()) + 1, dim, generator=generator), dim=1)
         images = protos[gp] + noise * torch.randn(len(gp), dim, generator=generator)
         texts = protos[qp] + noise * torch.randn(len(qp), dim, generator=generator)
-        normalize = torch.nn.functional.normalize
         return normalize(texts, dim=1) @ normalize(images, dim=1).t(), qp, gp
     sim = torch.randn(args.queries, args.gallery, generator=generator)
     for begin in range(0, args.queries, 1024):  # a half-decent model, without a (Q, G) temporary
