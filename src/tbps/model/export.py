@@ -177,6 +177,7 @@ def export_onnx(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).merge_lora().float().cpu().eval()
+    model.pooled_shortcut = False  # the full forward: static shapes for the exporter
     example = _example_inputs(model, batch=2)
     batch = torch.export.Dim("batch", min=1, max=4096)
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -35,6 +35,7 @@ from tbps.model.finetune import (
     merge_lora,
     unwrap,
 )
+from tbps.model.pooled import image_pooled, supports_pooled_shortcut, text_pooled
 from tbps.model.pretrained import load_state_strictly
 from tbps.model.token_selection import (
     TokenSelectionHead,
@@ -130,6 +131,9 @@ class TBPSModel(nn.Module):
         if token_selection:
             self.add_token_selection(token_selection["ratio"], token_selection.get("dim"))
         self.tokenizer = tokenizer
+        #: compute pooled-only CLIP embeddings without the states they never read
+        #: (:mod:`tbps.model.pooled`); export turns it off for a static-shape graph
+        self.pooled_shortcut = True
         #: free-form provenance saved in config.json (e.g. ``data``: the training data section)
         self.info: dict[str, Any] = {}
 
@@ -192,6 +196,8 @@ class TBPSModel(nn.Module):
     def image_forward(self, images: torch.Tensor, tokens: bool = False) -> TowerOutput:
         """Pooled (projected) image embedding; with ``tokens``, the final-LayerNorm token states."""
         hf = self.hf
+        if not tokens and self._shortcut():
+            return TowerOutput(hf.visual_projection(image_pooled(hf, images)))
         out = hf.vision_model(pixel_values=images)
         if self.kind == "clip":
             embeds = hf.visual_projection(out.pooler_output)
@@ -207,11 +213,16 @@ class TBPSModel(nn.Module):
         """Pooled (projected) text embedding; with ``tokens``, the final-LayerNorm token states."""
         hf = self.hf
         mask = attention_mask if self.text_attention_mask else None
+        if not tokens and self._shortcut():
+            return TowerOutput(hf.text_projection(text_pooled(hf, input_ids, mask)))
         out = hf.text_model(input_ids=input_ids, attention_mask=mask)
         embeds = out.pooler_output  # SigLIP's text head is applied inside its text model
         if self.kind == "clip":
             embeds = hf.text_projection(embeds)
         return TowerOutput(embeds, out.last_hidden_state if tokens else None)
+
+    def _shortcut(self) -> bool:
+        return self.pooled_shortcut and supports_pooled_shortcut(self.hf)
 
     def image_token_features(self, states: torch.Tensor) -> torch.Tensor:
         """Image token states (``TowerOutput.tokens``, any (..., width)) in the embedding space:
