@@ -51,8 +51,11 @@ _CONTENDER_SCAN_COST = 1.15
 _CONTENDER_COST = 50.0
 _ALL_ITEMS_COST = 7.0
 _MAX_DIRECT = 3
-#: More item pairs holding a contender than this fraction (the sample misled): map every item.
-_CONTENDER_FRACTION = 0.25
+#: Rows per block of a direct rank's compares: about this many bytes of float32 compare results.
+_DIRECT_BLOCK_BYTES = 1 << 20
+#: More 8-item words holding a contender than this fraction (the sample misled, about 15 % of
+#: the items are contenders): map every item.
+_CONTENDER_FRACTION = 0.7
 _INT64_MAX = torch.iinfo(torch.int64).max
 
 
@@ -75,9 +78,12 @@ def _order_keys(values: torch.Tensor, gallery_idx: torch.Tensor, num_gallery: in
     return monotone.to(torch.int64) * (1 << 32) + (num_gallery - 1 - gallery_idx)
 
 
-def _flat_nonzero(flags: torch.Tensor) -> torch.Tensor:
-    """Indices of the True entries of a 1-D bool tensor whose length is a multiple of 8."""
+def _flat_nonzero(flags: torch.Tensor, most: float = 1.0) -> torch.Tensor | None:
+    """Indices of the True entries of a 1-D bool tensor whose length is a multiple of 8; None
+    when more than the fraction ``most`` of its 8-flag words hold one."""
     words = torch.nonzero(flags.view(torch.int64)).squeeze(1)  # scan 8 flags at a time
+    if words.numel() > most * (flags.numel() // 8):
+        return None
     hit = torch.nonzero(flags.view(-1, 8).index_select(0, words))
     return words.index_select(0, hit[:, 0]) * 8 + hit[:, 1]
 
@@ -156,16 +162,11 @@ class _Contenders:
         self.num_cells = max(_MIN_CELLS, num_gallery // _GALLERY_PER_CELL)
         if not gather:
             return
-        mask = scratch.get("cells_f", numel + numel % 2, torch.float32)  # float: the fast compare
-        mask[numel:] = 0.0
-        torch.ge(sim, lowest[:, None], out=mask[:numel].view(rows, num_gallery))
-        words = mask.view(torch.int64)
-        pairs = torch.nonzero(words).squeeze(1)
-        if pairs.numel() > _CONTENDER_FRACTION * words.numel():  # the sample misled
+        flags = _padded_flags(scratch, "contenders", numel)
+        torch.ge(sim, lowest[:, None], out=flags[:numel].view(rows, num_gallery))
+        where = _flat_nonzero(flags, _CONTENDER_FRACTION)
+        if where is None:  # the sample misled
             return
-        pairs *= 2
-        where = torch.stack([pairs, pairs + 1], 1).view(-1)  # both items of every such pair
-        where = where.index_select(0, torch.nonzero(mask.index_select(0, where)).squeeze(1))
         self.where = where
         self.row = torch.div(where, num_gallery, rounding_mode="floor")
         self.scores = self.scores.index_select(0, where)
@@ -229,16 +230,24 @@ def _direct_rank(
     sim: torch.Tensor, value: torch.Tensor, index: torch.Tensor, scratch: _Scratch
 ) -> torch.Tensor:
     """Rank of one positive per row (score ``value`` at gallery ``index``), from two compares
-    of the row: 1 + items scoring higher + tied items at a lower gallery index."""
+    of the row: 1 + items scoring higher + tied items at a lower gallery index. On the CPU the
+    rows go in blocks whose compare results stay in the core's cache until summed."""
     rows, num_gallery = sim.shape
-    counts = scratch.get("cells_f", rows * num_gallery, torch.float32).view(rows, num_gallery)
-    torch.gt(sim, value[:, None], out=counts)
-    above = counts.sum(1)
-    torch.eq(sim, value[:, None], out=counts)
-    tied = counts.sum(1)  # the positive itself included
-    if bool((tied > 1).any()):
-        earlier = torch.arange(num_gallery, device=sim.device)[None, :] < index[:, None]
-        above += counts.mul_(earlier).sum(1)
+    block = rows if sim.is_cuda else max(1, _DIRECT_BLOCK_BYTES // (4 * num_gallery))
+    buffer = scratch.get("direct", min(rows, block) * num_gallery, torch.float32)
+    above = torch.empty(rows, dtype=torch.float32, device=sim.device)
+    tied = torch.empty_like(above)  # the positive itself included
+    for begin in range(0, rows, block):
+        end = min(rows, begin + block)
+        part, threshold = sim[begin:end], value[begin:end, None]
+        counts = buffer[: (end - begin) * num_gallery].view(end - begin, num_gallery)
+        torch.sum(torch.gt(part, threshold, out=counts), 1, out=above[begin:end])
+        torch.sum(torch.eq(part, threshold, out=counts), 1, out=tied[begin:end])
+    ties = torch.nonzero(tied > 1).squeeze(1)  # rows where another item has the same score
+    if ties.numel():
+        part = sim.index_select(0, ties)
+        earlier = torch.arange(num_gallery, device=sim.device)[None, :] < index[ties, None]
+        above.index_add_(0, ties, ((part == value[ties, None]) & earlier).sum(1).float())
     return above.long() + 1
 
 
