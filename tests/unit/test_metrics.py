@@ -106,6 +106,9 @@ def test_random_cases_match_brute_force_reference(seed, path, monkeypatch):
         return
     force_path(monkeypatch, path)
     assert_close(retrieval_metrics(torch.from_numpy(sim), qp, gp, ks=(1, 3, 100)), want)
+    # Direct ranks in blocks of 2 rows.
+    monkeypatch.setattr(metrics_module, "_DIRECT_BLOCK_BYTES", 2 * 4 * gp.size)
+    assert_close(retrieval_metrics(torch.from_numpy(sim), qp, gp, ks=(1, 3, 100)), want)
     # One query per chunk and as few cells as possible: everything shares a cell.
     monkeypatch.setattr(metrics_module, "_CHUNK_BYTES", 1)
     monkeypatch.setattr(metrics_module, "_GALLERY_PER_CELL", 10**6)
@@ -127,6 +130,8 @@ def test_larger_continuous_cases_and_chunking(seed, path, monkeypatch):
     assert_close(retrieval_metrics(sim, qp, gp), want)
     monkeypatch.setattr(metrics_module, "_CHUNK_BYTES", 7 * gp.size * 16)  # 7 queries a chunk
     monkeypatch.setattr(metrics_module, "_GALLERY_PER_CELL", 2)
+    assert_close(retrieval_metrics(sim, qp, gp), want)
+    monkeypatch.setattr(metrics_module, "_DIRECT_BLOCK_BYTES", 3 * gp.size * 4)  # blocks 3, 3, 1
     assert_close(retrieval_metrics(sim, qp, gp), want)
 
 
