@@ -88,11 +88,10 @@ def text_pooled(
     """CLIP's ``text_model(input_ids, attention_mask).pooler_output`` (final-LayerNorm state at
     the end-of-text token), (B, width), computing only positions up to each caption's end."""
     text = clip.text_model
-    hidden = text.embeddings(input_ids=input_ids)
-    batch, _, width = hidden.shape
     at = pooled_positions(input_ids, text.eos_token_id)
     span = int(at.max()) + 1  # the longest caption; later positions are never read
-    hidden, input_ids = hidden[:, :span], input_ids[:, :span]
+    hidden = text.embeddings(input_ids=input_ids[:, :span])
+    batch, _, width = hidden.shape
     positions = torch.arange(span, device=hidden.device)
     keep = positions <= at[:, None]  # (B, span): the tokens the pooled one can reach
     key_mask = keep if attention_mask is None else keep & attention_mask[:, :span].bool()
