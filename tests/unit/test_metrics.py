@@ -231,6 +231,20 @@ def test_each_forced_plan_is_the_one_taken(path, monkeypatch):
     assert set(taken) == {(mapped, 3 if "3 direct" in path else 0)}
 
 
+def test_a_misleading_sample_falls_back_to_mapping_every_item(monkeypatch):
+    """The plan chose contenders, but more words hold one than the safety net allows: the
+    chunk maps every item instead, with the reference's numbers."""
+    force_path(monkeypatch, "contenders, 3 direct")
+    monkeypatch.setattr(metrics_module, "_CONTENDER_FRACTION", 0.0)
+    taken = spy_plans(monkeypatch)
+    rng = np.random.default_rng(12)
+    gp = rng.permutation(np.repeat(np.arange(10), 6))
+    qp = rng.integers(0, 10, size=30)
+    sim = np.round(rng.normal(size=(30, gp.size)), 1).astype(np.float32)  # ties everywhere
+    assert_close(retrieval_metrics(sim, qp, gp), reference_metrics(sim, qp, gp))
+    assert set(taken) == {("all items", 3)}
+
+
 def test_the_default_plan_suits_the_model(monkeypatch):
     """A decent model's similarities gather the contenders, a poor one's map every item, a
     middling one's rank its lowest positives directly first; all give the reference's numbers."""

@@ -84,6 +84,37 @@ def test_text_pooled_equals_the_transformers_forward(layers, lengths):
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_text_pooled_odd_masks_and_captions_without_an_end():
+    model = clip(2).eval()
+    ids, mask = captions([6, 9, 3])
+    mask[0, 2] = 0  # a masked token before the end
+    ids[1, 9:] = 17  # no end-of-text token at all: pooled at position 0, as transformers does
+    left = torch.cat([torch.full((1, 4), PAD), captions([7])[0][:, :8]], dim=1)
+    left_mask = (torch.arange(12) >= 4).long()[None]  # left padding
+    for batch_ids, batch_mask in ((ids, mask), (left, left_mask), (ids[2:], mask[2:])):
+        got, want = (
+            text_pooled(model, batch_ids, batch_mask),
+            full_text(model, batch_ids, batch_mask),
+        )
+        assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="13 tokens per caption; the text tower holds 12"):
+        text_pooled(model, torch.cat([ids, ids[:, :1]], dim=1), None)
+
+
+def test_shortcut_equals_the_full_forward_under_bf16_autocast():
+    model = clip(2).eval()
+    images = torch.randn(3, 3, 48, 32)
+    ids, mask = captions([4, 11, 7])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pairs = [
+            (image_pooled(model, images), full_image(model, images)),
+            (text_pooled(model, ids, mask), full_text(model, ids, mask)),
+        ]
+    for got, want in pairs:  # same ops in the same dtypes: bf16 rounding alike
+        assert got.dtype == want.dtype
+        assert torch.allclose(got.float(), want.float(), atol=2e-2)
+
+
 def test_text_pooled_reads_the_first_end_of_text_and_ignores_what_follows():
     model = clip()
     ids, mask = captions([4, 9])
@@ -147,16 +178,33 @@ def test_tbps_model_takes_the_shortcut_only_for_pooled_clip_embeddings(monkeypat
         model.text_forward(ids, mask, tokens=True)
 
 
-def test_lora_adapters_are_used_by_the_shortcut():
-    model = TBPSModel(clip(2), finetune={"mode": "lora", "lora": {"r": 2}}).eval()  # no dropout
+@pytest.mark.parametrize(
+    "finetune",
+    [{"mode": "lora", "lora": {"r": 2, "dropout": 0.0}}, {"freeze": ["vision"]}],
+    ids=["lora", "frozen vision"],
+)
+def test_trainable_parameters_get_the_full_forward_gradients(finetune):
+    """LoRA adapters and frozen towers: the shortcut uses the modules as they are."""
+    model = TBPSModel(clip(2), finetune=finetune).train()
     _perturb(model, 3)  # LoRA's B starts at zero: give the adapters an effect
     images = torch.randn(2, 3, 48, 32)
     ids, mask = captions([5, 9])
-    fast = model.image_embeddings(images), model.text_embeddings(ids, mask)
+
+    def run() -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        model.zero_grad()
+        out = [model.image_embeddings(images), model.text_embeddings(ids, mask)]
+        (out[0].square().sum() + out[1].square().sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    fast, fast_grads = run()
     model.pooled_shortcut = False
-    full = model.image_embeddings(images), model.text_embeddings(ids, mask)
+    full, full_grads = run()
     for a, b in zip(fast, full):
         assert torch.allclose(a, b, atol=1e-5)
+    assert fast_grads.keys() == full_grads.keys() and fast_grads
+    for name in full_grads:
+        assert torch.allclose(fast_grads[name], full_grads[name], atol=1e-4, rtol=1e-4), name
 
 
 def test_shortcut_refused_where_it_would_differ():
@@ -167,6 +215,8 @@ def test_shortcut_refused_where_it_would_differ():
     dropout = clip(2, attention_dropout=0.1)
     assert supports_pooled_shortcut(dropout.eval())  # dropout is off in evaluation
     assert not supports_pooled_shortcut(dropout.train())
+    dropout.eval().text_model.encoder.layers[0].train()  # one layer in training mode is enough
+    assert not supports_pooled_shortcut(dropout)
     checkpointed = clip(2)
     checkpointed.gradient_checkpointing_enable()
     assert not supports_pooled_shortcut(checkpointed.train())

@@ -234,7 +234,9 @@ def _direct_rank(
     rows go in blocks whose compare results stay in the core's cache until summed."""
     rows, num_gallery = sim.shape
     block = rows if sim.is_cuda else max(1, _DIRECT_BLOCK_BYTES // (4 * num_gallery))
-    buffer = scratch.get("direct", min(rows, block) * num_gallery, torch.float32)
+    # whole chunks share the cell scratch (free at this point): no extra chunk-sized buffer
+    name = "cells_f" if block >= rows else "direct"
+    buffer = scratch.get(name, min(rows, block) * num_gallery, torch.float32)
     above = torch.empty(rows, dtype=torch.float32, device=sim.device)
     tied = torch.empty_like(above)  # the positive itself included
     for begin in range(0, rows, block):

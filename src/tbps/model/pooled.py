@@ -31,7 +31,8 @@ def supports_pooled_shortcut(clip: nn.Module) -> bool:
     for tower in (clip.vision_model, clip.text_model):
         if tower.encoder.gradient_checkpointing:
             return False
-        if tower.config.attention_dropout and tower.training:
+        layers = tower.encoder.layers
+        if tower.config.attention_dropout and any(layer.self_attn.training for layer in layers):
             return False
     return True
 
@@ -88,6 +89,9 @@ def text_pooled(
     """CLIP's ``text_model(input_ids, attention_mask).pooler_output`` (final-LayerNorm state at
     the end-of-text token), (B, width), computing only positions up to each caption's end."""
     text = clip.text_model
+    length = text.embeddings.position_embedding.num_embeddings
+    if input_ids.shape[-1] > length:
+        raise ValueError(f"{input_ids.shape[-1]} tokens per caption; the text tower holds {length}")
     at = pooled_positions(input_ids, text.eos_token_id)
     span = int(at.max()) + 1  # the longest caption; later positions are never read
     hidden = text.embeddings(input_ids=input_ids[:, :span])
