@@ -75,25 +75,27 @@ def random_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.nd
     return sim.astype(np.float32), qp, gp
 
 
-#: Plan costs that force each plan: every item mapped onto cells, or only the contenders (the
-#: items scoring at least the row's lowest positive) gathered first; each either alone or with
-#: the lowest positives (up to 3) ranked directly first.
-INF = float("inf")
+#: Plans forced on every chunk, as (lowest positives of a row ranked directly, whether the
+#: contenders of the rest are gathered): every item mapped onto cells, or only the contenders
+#: (the items scoring at least the row's lowest positive left); each alone or after the lowest
+#: positives ranked directly (a row with no more than those is ranked directly alone); or every
+#: positive ranked directly.
 PATHS = {
-    "all items": {"_ALL_ITEMS_COST": 0.0},
-    "contenders": {"_ALL_ITEMS_COST": INF, "_DIRECT_RANK_COST": 1e9, "_CONTENDER_FRACTION": 2.0},
-    "all items, 3 direct": {"_ALL_ITEMS_COST": 0.0, "_DIRECT_RANK_COST": -1.0},
-    "contenders, 3 direct": {
-        "_ALL_ITEMS_COST": INF,
-        "_DIRECT_RANK_COST": -1e9,
-        "_CONTENDER_FRACTION": 2.0,
-    },
+    "all items": (0, False),
+    "contenders": (0, True),
+    "contenders, 1 direct": (1, True),
+    "all items, 3 direct": (3, False),
+    "contenders, 3 direct": (3, True),
+    "all direct": (10**6, False),
 }
 
 
 def force_path(monkeypatch, path: str) -> None:
-    for name, value in PATHS[path].items():
-        monkeypatch.setattr(metrics_module, name, value)
+    direct, gather = PATHS[path]
+    monkeypatch.setattr(
+        metrics_module, "_plan", lambda sim, pos_val, n, scratch: (min(direct, int(n[0])), gather)
+    )
+    monkeypatch.setattr(metrics_module, "_CONTENDER_FRACTION", 2.0)  # no safety net
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -150,6 +152,30 @@ def test_from_embeddings_matches_the_similarity_matrix(path, monkeypatch):
     assert_close(retrieval_metrics_from_embeddings(queries, gallery, qp, gp), want)
 
 
+@pytest.mark.parametrize("path", ["all direct", "contenders, 1 direct", "all items"])
+def test_other_dtypes_and_strided_matrices_give_the_float32_numbers(path, monkeypatch):
+    """Queries go by their number of positives, so a chunk's rows are gathered from anywhere in
+    the matrix: from float64 and float16 matrices, and from a transposed (strided) one."""
+    force_path(monkeypatch, path)
+    monkeypatch.setattr(metrics_module, "_CHUNK_BYTES", 5 * 90 * 16)  # 5 queries a chunk
+    rng = np.random.default_rng(5)
+    gp = rng.permutation(np.repeat(np.arange(9), np.arange(1, 19, 2)))  # 1..17 per id, 81 items
+    qp = rng.integers(0, 11, size=40)  # pids 9 and 10 are not in the gallery
+    sim = rng.normal(size=(40, gp.size)) + 2.0 * (qp[:, None] == gp[None, :])
+    sim[:, ::5] = np.round(sim[:, ::5], 1)
+    want = reference_metrics(sim.astype(np.float32), qp, gp)
+    assert want["num_excluded"] > 0
+    for matrix in (
+        torch.from_numpy(sim),
+        torch.from_numpy(sim).half(),
+        torch.from_numpy(np.ascontiguousarray(sim.T.astype(np.float32))).t(),
+    ):
+        expected = want
+        if matrix.dtype == torch.float16:  # its own roundings, ranked as float32
+            expected = reference_metrics(matrix.float().numpy(), qp, gp)
+        assert_close(retrieval_metrics(matrix, qp, gp), expected)
+
+
 def test_float64_input_is_compared_in_float32():
     sim = np.array([[1.0, 1.0 + 1e-12]])  # equal in float32: the tie goes to index 0
     assert retrieval_metrics(sim, [1], [2, 1])["R1"] == 0.0
@@ -198,23 +224,27 @@ def test_bad_shapes_and_values_are_rejected():
 
 
 def spy_plans(monkeypatch) -> list[tuple[str, int]]:
-    """Record, per chunk, whether every item or the contenders were mapped, and how many
-    positives of a row were ranked directly."""
-    taken, direct = [], []
-    original_init, original_rank = metrics_module._Contenders.__init__, metrics_module._direct_rank
+    """Record, per chunk, how many positives of a row were ranked directly, and whether the
+    cells then mapped every item, only the contenders, or were not needed ("none")."""
+    taken: list[list] = []
+    original_plan, original_init = metrics_module._plan, metrics_module._Contenders.__init__
+
+    def plan(*args, **kwargs):
+        direct, gather = original_plan(*args, **kwargs)
+        taken.append(["none", direct])
+        return direct, gather
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        taken.append(("all items" if self.row is None else "contenders", len(direct)))
-        direct.clear()
+        taken[-1][0] = "all items" if self.row is None else "contenders"
 
-    def rank(*args, **kwargs):
-        direct.append(1)
-        return original_rank(*args, **kwargs)
-
+    monkeypatch.setattr(metrics_module, "_plan", plan)
     monkeypatch.setattr(metrics_module._Contenders, "__init__", init)
-    monkeypatch.setattr(metrics_module, "_direct_rank", rank)
     return taken
+
+
+def plans(taken: list[list]) -> set[tuple[str, int]]:
+    return {tuple(record) for record in taken}
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -227,8 +257,9 @@ def test_each_forced_plan_is_the_one_taken(path, monkeypatch):
     sim = rng.normal(size=(30, gp.size)).astype(np.float32)
     sim[:, ::7] = 0.25  # ties, also with positives ranked directly
     assert_close(retrieval_metrics(sim, qp, gp), reference_metrics(sim, qp, gp))
-    mapped = "contenders" if path.startswith("contenders") else "all items"
-    assert set(taken) == {(mapped, 3 if "3 direct" in path else 0)}
+    direct, gather = PATHS[path]
+    mapped = "none" if direct >= 6 else "contenders" if gather else "all items"
+    assert plans(taken) == {(mapped, min(direct, 6))}
 
 
 def test_a_misleading_sample_falls_back_to_mapping_every_item(monkeypatch):
@@ -242,24 +273,29 @@ def test_a_misleading_sample_falls_back_to_mapping_every_item(monkeypatch):
     qp = rng.integers(0, 10, size=30)
     sim = np.round(rng.normal(size=(30, gp.size)), 1).astype(np.float32)  # ties everywhere
     assert_close(retrieval_metrics(sim, qp, gp), reference_metrics(sim, qp, gp))
-    assert set(taken) == {("all items", 3)}
+    assert plans(taken) == {("all items", 3)}
 
 
 def test_the_default_plan_suits_the_model(monkeypatch):
-    """A decent model's similarities gather the contenders, a poor one's map every item, a
-    middling one's rank its lowest positives directly first; all give the reference's numbers."""
+    """With few positives a query, every one is ranked directly; with many, a decent model's
+    similarities gather the contenders, a poor one's map every item, and a middling one's rank
+    the lowest positives directly first. All give the reference's numbers."""
     taken = spy_plans(monkeypatch)
     rng = np.random.default_rng(7)
-    gp = rng.permutation(np.repeat(np.arange(40), 4))
-    qp = rng.integers(0, 40, size=80)
-    noise = rng.normal(size=(80, gp.size)).astype(np.float32)
-    for margin, plan in ((6.0, ("contenders", 0)), (0.0, ("all items", 0))):
-        sim = noise + margin * (qp[:, None] == gp[None, :])
+
+    def plans_of(ids: int, per_id: int, margin: float, hopeless: bool = False) -> set:
+        gp = rng.permutation(np.repeat(np.arange(ids), per_id))
+        qp = rng.integers(0, ids, size=80)
+        sim = rng.normal(size=(80, gp.size)).astype(np.float32)
+        sim += margin * (qp[:, None] == gp[None, :])
+        if hopeless:  # one positive of each id far below everything
+            sim[:, [np.flatnonzero(gp == pid)[0] for pid in range(ids)]] -= 10.0
         taken.clear()
         assert_close(retrieval_metrics(sim, qp, gp), reference_metrics(sim, qp, gp))
-        assert set(taken) == {plan}
-    sim = noise + 3.0 * (qp[:, None] == gp[None, :])
-    sim[:, [np.flatnonzero(gp == pid)[0] for pid in range(40)]] -= 10.0  # a hopeless positive
-    taken.clear()
-    assert_close(retrieval_metrics(sim, qp, gp), reference_metrics(sim, qp, gp))
-    assert taken and all(mapped == "contenders" and direct >= 1 for mapped, direct in taken)
+        return plans(taken)
+
+    assert plans_of(40, 4, 6.0) == plans_of(40, 4, 0.0) == {("none", 4)}
+    assert plans_of(20, 20, 6.0) == {("contenders", 0)}
+    assert plans_of(20, 20, 0.0) == {("all items", 0)}
+    middling = plans_of(20, 20, 4.0, hopeless=True)
+    assert middling and all(mapped == "contenders" and direct >= 1 for mapped, direct in middling)

@@ -10,18 +10,22 @@ Only the ranks of the correct gallery items are computed. For query q with corre
 Each is averaged over the queries that have at least one correct item and reported in percent;
 queries without any correct item are excluded and counted in ``num_excluded``.
 
-Rank of a positive = 1 + number of gallery items ranked above it. Per chunk of queries, each row
-is mapped by a monotone affine map onto ``W`` integer cells spanning its positives' scores; one
-``bincount`` gives the items per cell, so everything in a cell strictly above (below) a positive's
-cell is above (below) it. Only the items that share a cell with a positive are compared exactly
-(float32 score, then gallery index), so the cost is a few passes over the scores, whatever the
-number of positives. Items scoring below a row's lowest positive rank above none of them: when
-they are the bulk of a chunk (any decent model), one compare finds the others, the contenders,
-and only those are mapped and counted. A row's lowest positives, which let in the most
-contenders, can instead be ranked directly (two compares of the row each: the items scoring
-higher, and tied items at a lower index); each chunk picks the cheapest plan from a sample of
-its rows. Everything runs on the device of the similarities (or embeddings), and the
-temporaries of a chunk stay within ``_CHUNK_BYTES``.
+Rank of a positive = 1 + number of gallery items ranked above it. The plain way needs two
+compares of the row per positive (the items scoring higher, and tied items at a lower index);
+with the few positives a query has in CUHK-PEDES or RSTPReid that is the cheapest way, and the
+rows go in cache-sized blocks so each is read from memory once for all its positives. Queries
+are taken by their number of positives, most first, so a chunk's rows are alike and those that
+still need their j-th positive form a prefix. With many positives (ICFG-PEDES), each row is
+instead mapped by a monotone affine map onto ``W`` integer cells spanning its positives' scores;
+one ``bincount`` gives the items per cell, so everything in a cell strictly above (below) a
+positive's cell is above (below) it. Only the items that share a cell with a positive are
+compared exactly (float32 score, then gallery index), so the cost is a few passes over the
+scores, whatever the number of positives. Items scoring below a row's lowest positive rank above
+none of them: when they are the bulk of a chunk (any decent model), one compare finds the
+others, the contenders, and only those are mapped and counted. A row's lowest positives, which
+let in the most contenders, can be ranked directly first. Each chunk picks the cheapest plan
+from its positives' counts and a sample of its rows. Everything runs on the device of the
+similarities (or embeddings), and the temporaries of a chunk stay within ``_CHUNK_BYTES``.
 """
 
 from __future__ import annotations
@@ -43,13 +47,15 @@ _BYTES_PER_SIMILARITY = 16
 #: _MIN_CELLS: fewer cells, more exact compares.
 _GALLERY_PER_CELL = 8
 _MIN_CELLS = 16
-#: Rough costs (ns per item of a chunk, 2 CPU threads) by which each chunk picks its plan: how
-#: many of a row's lowest positives to rank directly (two compares of the row each), and then
-#: whether to gather the contenders (a scan, then a cost per contender) or to map every item.
-_DIRECT_RANK_COST = 0.4
-_CONTENDER_SCAN_COST = 1.15
-_CONTENDER_COST = 50.0
-_ALL_ITEMS_COST = 7.0
+#: Rough costs (ns per item of a chunk, 2 CPU threads, fitted to timings of every plan at
+#: CUHK-PEDES and ICFG-PEDES sizes) by which each chunk picks its plan: how many of a row's
+#: lowest positives to rank directly (two compares of the row each; all of them, or at most
+#: _MAX_DIRECT before the cells), and then whether to gather the contenders (a scan, then a cost
+#: per contender) or to map every item.
+_DIRECT_RANK_COST = 0.26
+_CONTENDER_SCAN_COST = 0.68
+_CONTENDER_COST = 29.0
+_ALL_ITEMS_COST = 3.4
 _MAX_DIRECT = 3
 #: Rows per block of a direct rank's compares: about this many bytes of float32 compare results.
 _DIRECT_BLOCK_BYTES = 1 << 20
@@ -208,87 +214,124 @@ class _Contenders:
 def _plan(
     sim: torch.Tensor, pos_val: torch.Tensor, n: torch.Tensor, scratch: _Scratch
 ) -> tuple[int, bool]:
-    """(lowest positives to rank directly, whether to gather the contenders) for a chunk, by the
-    costs above, from the contender fractions of its first sixteenth of rows."""
-    rows, num_gallery = sim.shape
-    first = -(-rows // 16)
-    sample = scratch.get("cells_f", first * num_gallery, torch.float32).view(first, num_gallery)
-    most = 0 if num_gallery >= 1 << 24 else _MAX_DIRECT  # float32 counts are exact below 2**24
-    costs = []
-    for direct in range(most + 1):
-        lowest = pos_val[:first].gather(1, (n[:first] - 1).clamp(max=direct)[:, None])
-        torch.ge(sim[:first], lowest, out=sample)
-        gathered = _CONTENDER_SCAN_COST + _CONTENDER_COST * float(sample.mean())
-        costs.append(
-            (direct * _DIRECT_RANK_COST + min(gathered, _ALL_ITEMS_COST), direct, gathered)
-        )
-    _, direct, gathered = min(costs)
-    return direct, gathered < _ALL_ITEMS_COST
+    """(lowest positives of a row to rank directly, whether to gather the contenders of the
+    rest) for a chunk whose rows hold ``n`` positives (non-increasing), by the costs above.
+
+    A row with at most that many positives is ranked directly alone; ranking every positive of
+    every row directly needs no cells at all. The contender fractions come from every 16th row,
+    sampled only for plans that could beat the best so far.
+    """
+    if sim.shape[1] >= 1 << 24:  # float32 counts are exact below 2**24
+        return 0, _cell_plan(sim, pos_val, n, 0, scratch)[1]
+    most = int(n[0])
+    best = (_DIRECT_RANK_COST * float(n.double().mean()), most, False)  # every one directly
+    for direct in range(min(_MAX_DIRECT, most - 1) + 1):
+        direct_cost = _DIRECT_RANK_COST * float(n.clamp(max=direct).double().mean())
+        share = float((n > direct).double().mean())  # rows with positives left for the cells
+        if direct_cost + share * _CONTENDER_SCAN_COST >= best[0]:  # the least the cells cost
+            continue
+        cells, gather = _cell_plan(sim, pos_val, n, direct, scratch)
+        best = min(best, (direct_cost + share * cells, direct, gather))
+    return best[1], best[2]
 
 
-def _direct_rank(
-    sim: torch.Tensor, value: torch.Tensor, index: torch.Tensor, scratch: _Scratch
+def _cell_plan(
+    sim: torch.Tensor, pos_val: torch.Tensor, n: torch.Tensor, direct: int, scratch: _Scratch
+) -> tuple[float, bool]:
+    """(cost per item of a row with positives left, whether to gather the contenders) of the
+    cell step for the positives above each row's ``direct`` lowest, from every 16th row."""
+    num_gallery = sim.shape[1]
+    left = n[::16] > direct  # sampled rows with positives left for the cells
+    sample = scratch.get("cells_f", left.numel() * num_gallery, torch.float32)
+    sample = sample.view(left.numel(), num_gallery)
+    lowest = pos_val[::16].gather(1, (n[::16] - 1).clamp(max=direct)[:, None])
+    torch.ge(sim[::16], lowest, out=sample)
+    fraction = float(sample.mean(1)[left].mean()) if bool(left.any()) else 0.0
+    gathered = _CONTENDER_SCAN_COST + _CONTENDER_COST * fraction
+    return min(gathered, _ALL_ITEMS_COST), gathered < _ALL_ITEMS_COST
+
+
+def _direct_ranks(
+    sim: torch.Tensor,
+    value: torch.Tensor,
+    index: torch.Tensor,
+    counts: Sequence[int],
+    scratch: _Scratch,
 ) -> torch.Tensor:
-    """Rank of one positive per row (score ``value`` at gallery ``index``), from two compares
-    of the row: 1 + items scoring higher + tied items at a lower gallery index. On the CPU the
-    rows go in blocks whose compare results stay in the core's cache until summed."""
+    """(D, rows) ranks of positive j (score ``value[:, j]`` at gallery ``index[:, j]``) of the
+    first ``counts[j]`` rows (non-increasing), from two compares of the row each: 1 + items
+    scoring higher + tied items at a lower gallery index. On the CPU the rows go in blocks that
+    stay in the core's cache for all their positives; entries past ``counts[j]`` are 0."""
     rows, num_gallery = sim.shape
-    block = rows if sim.is_cuda else max(1, _DIRECT_BLOCK_BYTES // (4 * num_gallery))
+    device = sim.device
+    slots = len(counts)
+    block = rows if device.type == "cuda" else max(1, _DIRECT_BLOCK_BYTES // (4 * num_gallery))
     # whole chunks share the cell scratch (free at this point): no extra chunk-sized buffer
     name = "cells_f" if block >= rows else "direct"
     buffer = scratch.get(name, min(rows, block) * num_gallery, torch.float32)
-    above = torch.empty(rows, dtype=torch.float32, device=sim.device)
-    tied = torch.empty_like(above)  # the positive itself included
-    for begin in range(0, rows, block):
-        end = min(rows, begin + block)
-        part, threshold = sim[begin:end], value[begin:end, None]
-        counts = buffer[: (end - begin) * num_gallery].view(end - begin, num_gallery)
-        torch.sum(torch.gt(part, threshold, out=counts), 1, out=above[begin:end])
-        torch.sum(torch.eq(part, threshold, out=counts), 1, out=tied[begin:end])
-    ties = torch.nonzero(tied > 1).squeeze(1)  # rows where another item has the same score
-    if ties.numel():
-        part = sim.index_select(0, ties)
-        earlier = torch.arange(num_gallery, device=sim.device)[None, :] < index[ties, None]
-        above.index_add_(0, ties, ((part == value[ties, None]) & earlier).sum(1).float())
+    above = torch.zeros(slots, rows, dtype=torch.float32, device=device)
+    tied = torch.zeros_like(above)  # the positive itself included
+    for begin in range(0, counts[0], block):
+        end = min(counts[0], begin + block)
+        part = sim[begin:end]
+        for j in range(slots):
+            stop = min(end, counts[j])
+            if stop <= begin:
+                break
+            results = buffer[: (stop - begin) * num_gallery].view(stop - begin, num_gallery)
+            rows_j, threshold = part[: stop - begin], value[begin:stop, j, None]
+            torch.sum(torch.gt(rows_j, threshold, out=results), 1, out=above[j, begin:stop])
+            torch.sum(torch.eq(rows_j, threshold, out=results), 1, out=tied[j, begin:stop])
+    slot, row = torch.nonzero(tied > 1).unbind(1)  # another item has the same score
+    if row.numel():
+        part = sim.index_select(0, row)
+        threshold = value[row, slot, None]
+        earlier = torch.arange(num_gallery, device=device)[None, :] < index[row, slot, None]
+        extra = ((part == threshold) & earlier).sum(1).float()
+        above.index_put_((slot, row), extra, accumulate=True)
     return above.long() + 1
 
 
 def _positive_ranks(
-    sim: torch.Tensor, pos_idx: torch.Tensor, in_run: torch.Tensor, scratch: _Scratch
+    sim: torch.Tensor, pos_idx: torch.Tensor, n: torch.Tensor, scratch: _Scratch
 ) -> torch.Tensor:
     """Ranks ``r_1 < r_2 < ...`` of the positives of each row of a float32 (c, G) chunk.
 
-    ``pos_idx`` (c, P) holds the positives' gallery indices, valid where ``in_run`` (the valid
-    ones first in each row). Entries past a row's positives are meaningless. A few of the lowest
-    positives may be ranked directly, which raises the bar for the contenders of the rest.
+    ``pos_idx`` (c, P) holds the positives' gallery indices, the ``n`` valid ones first in each
+    row; the rows come by ``n``, non-increasing. Entries past a row's positives are
+    meaningless. A row's lowest positives may be ranked directly (all of them, in a row with
+    few), which raises the bar for the contenders of the rest.
     """
     rows, num_gallery = sim.shape
     device = sim.device
+    num_pos = pos_idx.shape[1]
+    in_run = torch.arange(num_pos, device=device)[None, :] < n[:, None]
     pos_val = sim.gather(1, pos_idx)
     pos_key = _order_keys(pos_val, pos_idx, num_gallery).masked_fill(~in_run, _INT64_MAX)
     pos_key, order = torch.sort(pos_key, dim=1)  # ascending; padding last
     pos_idx = pos_idx.gather(1, order)
     pos_val = pos_val.gather(1, order)
-    num_pos = pos_key.shape[1]
-    total = in_run.sum(1)
-    direct, gather = _plan(sim, pos_val, total, scratch)
-    direct = min(direct, num_pos - 1)  # a row keeps at least one positive for the cells
-    deep = (total - 1).clamp(max=direct)  # per row: its lowest positives ranked directly
-    direct_ranks = [_direct_rank(sim, pos_val[:, j], pos_idx[:, j], scratch) for j in range(direct)]
-    if direct:  # the rest, still valid first
-        rest = (torch.arange(num_pos, device=device)[None, :] + deep[:, None]).clamp(
-            max=num_pos - 1
+    direct, gather = _plan(sim, pos_val, n, scratch)
+    counts = (n[None, :] > torch.arange(direct, device=device)[:, None]).sum(1).tolist()
+    # ranks in ascending key order: the direct ones first, then those of the cells
+    ascending = torch.zeros(rows, num_pos, dtype=torch.int64, device=device)
+    if direct:
+        ranked = _direct_ranks(sim, pos_val[:, :direct], pos_idx[:, :direct], counts, scratch)
+        ascending[:, :direct] = ranked.t()
+    left = int((n > direct).sum())  # rows with positives left for the cells: a prefix
+    if left:
+        ascending[:left, direct:] = _cell_ranks(
+            sim[:left],
+            pos_val[:left, direct:],
+            pos_key[:left, direct:],
+            pos_idx[:left, direct:],
+            n[:left] - direct,
+            gather,
+            scratch,
         )
-        pos_val, pos_key, pos_idx = (t.gather(1, rest) for t in (pos_val, pos_key, pos_idx))
-    n = total - deep
-    in_run = torch.arange(num_pos, device=device)[None, :] < n[:, None]
-    ranks = _cell_ranks(sim, pos_val, pos_key, pos_idx, in_run, n, gather, scratch)
-    for j, rank in enumerate(direct_ranks):  # the j-th lowest is the (total - 1 - j)-th best
-        slot = (total - 1 - j).clamp(min=0)[:, None]
-        ranks.scatter_(
-            1, slot, torch.where(deep[:, None] > j, rank[:, None], ranks.gather(1, slot))
-        )
-    return ranks
+    # the i-th best of n positives is the (n - 1 - i)-th in ascending order
+    best_first = (n[:, None] - 1 - torch.arange(num_pos, device=device)).clamp(min=0)
+    return ascending.gather(1, best_first)
 
 
 def _cell_ranks(
@@ -296,16 +339,16 @@ def _cell_ranks(
     pos_val: torch.Tensor,
     pos_key: torch.Tensor,
     pos_idx: torch.Tensor,
-    in_run: torch.Tensor,
     n: torch.Tensor,
     gather: bool,
     scratch: _Scratch,
 ) -> torch.Tensor:
-    """Ranks, best first, of the positives whose (score, key, index) ascend in each row (the
-    ``n`` valid ones first), counted over the cells of the items that may rank above them."""
+    """Ranks of the positives whose (score, key, index) ascend in each row (the ``n`` valid
+    ones first), in that order, counted over the cells of the items that may rank above them."""
     rows, num_gallery = sim.shape
     device = sim.device
     num_pos = pos_key.shape[1]
+    in_run = torch.arange(num_pos, device=device)[None, :] < n[:, None]
     # Coarse step: cells of the contenders, one bincount; the valid positives sort first, so
     # column 0 holds each row's lowest.
     items = _Contenders(sim, pos_val[:, 0], gather, scratch)
@@ -344,9 +387,7 @@ def _cell_ranks(
     slots = slots.view(rows, num_pos + 1)
     # Items with ``below > i`` rank above positive i: suffix sums over the slots.
     above += slots.flip(1).cumsum(1).flip(1)[:, 1:]
-    # Ascending key order -> ascending rank order: the i-th best of n positives is n - 1 - i.
-    best_first = (n[:, None] - 1 - torch.arange(num_pos, device=device)).clamp(min=0)
-    return above.gather(1, best_first) + 1
+    return above + 1
 
 
 def retrieval_metrics(
@@ -366,8 +407,16 @@ def retrieval_metrics(
         raise ValueError(f"similarity must be 2-D (queries, gallery), got shape {tuple(sim.shape)}")
     if not torch.isfinite(sim.sum()) and not torch.isfinite(sim).all():
         raise ValueError("similarity contains NaN or Inf values")
+
+    def similarity_rows(queries: torch.Tensor, scratch: _Scratch) -> torch.Tensor:
+        contiguous = _as_range(queries)
+        if contiguous is not None or sim.dtype != torch.float32:
+            return sim[queries if contiguous is None else contiguous].float()
+        out = scratch.get("similarity", queries.numel() * sim.shape[1], torch.float32)
+        return torch.index_select(sim, 0, queries, out=out.view(-1, sim.shape[1]))
+
     return _ranking_metrics(
-        lambda rows, _: sim[rows].float(),
+        similarity_rows,
         tuple(sim.shape),
         query_pids,
         gallery_pids,
@@ -399,8 +448,9 @@ def retrieval_metrics_from_embeddings(
         raise ValueError("embeddings contain NaN or Inf values")
     shape = (queries.shape[0], gallery.shape[0])
 
-    def similarity_rows(rows: slice | torch.Tensor, scratch: _Scratch) -> torch.Tensor:
-        q = queries[rows]
+    def similarity_rows(rows: torch.Tensor, scratch: _Scratch) -> torch.Tensor:
+        contiguous = _as_range(rows)
+        q = queries[rows if contiguous is None else contiguous]
         out = scratch.get("similarity", q.shape[0] * shape[1], torch.float32)
         return torch.matmul(q, gallery.t(), out=out.view(q.shape[0], shape[1]))
 
@@ -414,15 +464,23 @@ def retrieval_metrics_from_embeddings(
     )
 
 
+def _as_range(rows: torch.Tensor) -> slice | None:
+    """``rows`` as a slice when they are consecutive and ascending."""
+    if rows.numel() > 1 and not bool((rows[1:] - rows[:-1] == 1).all()):
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1)
+
+
 def _ranking_metrics(
-    similarity_rows: Callable[[slice | torch.Tensor, _Scratch], torch.Tensor],
+    similarity_rows: Callable[[torch.Tensor, _Scratch], torch.Tensor],
     shape: tuple[int, int],
     query_pids: torch.Tensor | np.ndarray | Sequence[int],
     gallery_pids: torch.Tensor | np.ndarray | Sequence[int],
     ks: Sequence[int],
     device: torch.device,
 ) -> dict[str, float | int]:
-    """The metrics, given ``similarity_rows(rows, scratch) -> (c, G)`` float32 similarities."""
+    """The metrics, given ``similarity_rows(queries, scratch) -> (c, G)`` float32 similarities
+    of those queries."""
     qp = _as_tensor(query_pids, "query_pids").reshape(-1).long().to(device)
     gp = _as_tensor(gallery_pids, "gallery_pids").reshape(-1).long().to(device)
     if shape != (qp.numel(), gp.numel()):
@@ -458,25 +516,29 @@ def _ranking_metrics(
         out.update(mAP=nan, mINP=nan, num_queries=0, num_excluded=num_excluded)
         return out
 
-    first = torch.empty(num_valid, dtype=torch.int64, device=device)
-    ap = torch.empty(num_valid, dtype=torch.float64, device=device)
-    inp = torch.empty(num_valid, dtype=torch.float64, device=device)
+    # Queries by number of positives, most first: the chunks are alike, and within a chunk the
+    # rows that still need the j-th positive ranked form a prefix. Results go back to the
+    # query's place, so the means add up in query order.
+    order = valid[torch.argsort(num_pos[valid], descending=True, stable=True)]
+    first = torch.zeros(qp.numel(), dtype=torch.int64, device=device)
+    ap = torch.zeros(qp.numel(), dtype=torch.float64, device=device)
+    inp = torch.zeros_like(ap)
     scratch = _Scratch(device)
     chunk = max(1, _CHUNK_BYTES // (num_gallery * _BYTES_PER_SIMILARITY))
     for begin in range(0, num_valid, chunk):
         end = min(begin + chunk, num_valid)
-        # Contiguous query ranges (views of the similarity) when no query is excluded.
-        rows = slice(begin, end) if num_excluded == 0 else valid[begin:end]
-        n = num_pos[rows]  # (c,)
-        offsets = torch.arange(int(n.max()), device=device)
+        query = order[begin:end]
+        n = num_pos[query]  # (c,) non-increasing
+        offsets = torch.arange(int(n[0]), device=device)
         in_run = offsets[None, :] < n[:, None]  # (c, P)
-        run_pos = (starts[slot[rows]][:, None] + offsets[None, :]).clamp(max=num_gallery - 1)
+        run_pos = (starts[slot[query]][:, None] + offsets[None, :]).clamp(max=num_gallery - 1)
         pos_idx = gp_order[run_pos]  # gallery indices of the positives (padded)
-        ranks = _positive_ranks(similarity_rows(rows, scratch), pos_idx, in_run, scratch)
-        first[begin:end] = ranks[:, 0]
+        ranks = _positive_ranks(similarity_rows(query, scratch), pos_idx, n, scratch)
+        first[query] = ranks[:, 0]
         i = (offsets + 1).double()
-        ap[begin:end] = torch.where(in_run, i / ranks.double(), 0.0).sum(1) / n.double()
-        inp[begin:end] = n.double() / ranks.gather(1, (n - 1)[:, None]).squeeze(1).double()
+        ap[query] = torch.where(in_run, i / ranks.double(), 0.0).sum(1) / n.double()
+        inp[query] = n.double() / ranks.gather(1, (n - 1)[:, None]).squeeze(1).double()
+    first, ap, inp = first[valid], ap[valid], inp[valid]
 
     out = {f"R{k}": 100.0 * (first <= k).double().mean().item() for k in ks}
     out["mAP"] = 100.0 * ap.mean().item()
