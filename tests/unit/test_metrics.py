@@ -92,9 +92,12 @@ PATHS = {
 
 def force_path(monkeypatch, path: str) -> None:
     direct, gather = PATHS[path]
-    monkeypatch.setattr(
-        metrics_module, "_plan", lambda sim, pos_val, n, scratch: (min(direct, int(n[0])), gather)
-    )
+
+    def plan(sim, pos_val, n, scratch):  # as many direct as the rows' order allows
+        most = int(n.max()) if metrics_module._by_count(n) else int(n.min()) - 1
+        return min(direct, most), gather
+
+    monkeypatch.setattr(metrics_module, "_plan", plan)
     monkeypatch.setattr(metrics_module, "_CONTENDER_FRACTION", 2.0)  # no safety net
 
 
@@ -174,6 +177,50 @@ def test_other_dtypes_and_strided_matrices_give_the_float32_numbers(path, monkey
         if matrix.dtype == torch.float16:  # its own roundings, ranked as float32
             expected = reference_metrics(matrix.float().numpy(), qp, gp)
         assert_close(retrieval_metrics(matrix, qp, gp), expected)
+
+
+@pytest.mark.parametrize("path", ["default", *PATHS])
+def test_queries_go_by_their_positives_only_when_some_may_be_ranked_directly(path, monkeypatch):
+    """Queries with few positives are taken most first (a chunk's rows then need gathering);
+    queries that all have many keep their order, so chunks are views of the matrix, and no
+    plan may then finish a row before the cells."""
+    if path != "default":
+        force_path(monkeypatch, path)
+    seen: list[list[int]] = []
+    original = metrics_module._positive_ranks
+
+    def spy(sim, pos_idx, n, scratch):
+        seen.append(n.tolist())
+        return original(sim, pos_idx, n, scratch)
+
+    monkeypatch.setattr(metrics_module, "_positive_ranks", spy)
+    rng = np.random.default_rng(8)
+    for sizes, sorted_by_count in (([14, 30, 18, 22, 15, 27], False), ([1, 5, 2, 4, 3, 2], True)):
+        gp = rng.permutation(np.repeat(np.arange(6), sizes))
+        qp = rng.integers(0, 7, size=40)  # pid 6 is not in the gallery
+        sim = rng.normal(size=(40, gp.size)).astype(np.float32)
+        sim += 2.0 * (qp[:, None] == gp[None, :])
+        sim[:, ::4] = np.round(sim[:, ::4], 1)  # ties
+        monkeypatch.setattr(metrics_module, "_CHUNK_BYTES", 7 * gp.size * 16)  # 7 queries a chunk
+        seen.clear()
+        assert_close(retrieval_metrics(sim, qp, gp), reference_metrics(sim, qp, gp))
+        counts = [sizes[q] for q in qp if q < 6]
+        flat = [count for chunk in seen for count in chunk]
+        assert flat == (sorted(counts, reverse=True) if sorted_by_count else counts)
+        assert len(seen) == -(-len(counts) // 7)
+
+
+def test_rows_out_of_order_keep_a_positive_for_the_cells(monkeypatch):
+    """Should chunks come with their rows not by count, no plan may rank all of a row's
+    positives directly (the rows needing the j-th would not be a prefix)."""
+    monkeypatch.setattr(metrics_module, "_may_finish_early", lambda n: False)
+    taken = spy_plans(monkeypatch)
+    rng = np.random.default_rng(9)
+    gp = rng.permutation(np.repeat(np.arange(8), [1, 2, 3, 4, 5, 6, 7, 8]))
+    qp = rng.integers(0, 8, size=30)
+    sim = rng.normal(size=(30, gp.size)).astype(np.float32) + 3.0 * (qp[:, None] == gp[None, :])
+    assert_close(retrieval_metrics(sim, qp, gp), reference_metrics(sim, qp, gp))
+    assert plans(taken) and all(mapped != "none" for mapped, _ in plans(taken))
 
 
 def test_float64_input_is_compared_in_float32():
