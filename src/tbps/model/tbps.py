@@ -21,6 +21,7 @@ from tbps import __version__
 from tbps.data.tokenization import tokenize
 from tbps.data.transforms import CLIP_MEAN, CLIP_STD, Transform, eval_stages, eval_transform
 from tbps.errors import ConfigError, DataError
+from tbps.model.activations import use_fused_quick_gelu
 from tbps.model.backbone import (
     NON_SQUARE,
     Backbone,
@@ -116,6 +117,7 @@ class TBPSModel(nn.Module):
         self.interpolation = interpolation
         self.text_attention_mask = bool(text_attention_mask)
         self.finetune = finetune_settings(finetune)
+        use_fused_quick_gelu(backbone)  # same function, one kernel (tbps.model.activations)
         self.backbone = apply_finetuning(
             backbone, kind, self.finetune, train_logit_scale=temperature is None
         )

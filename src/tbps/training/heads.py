@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tbps.losses.common import as_float, float32_region
+from tbps.model.activations import QuickGELU
 
 
 class IdentityClassifier(nn.Module):
@@ -31,13 +32,6 @@ class IdentityClassifier(nn.Module):
         weight, bias = as_float(self.linear.weight), as_float(self.linear.bias)
         with float32_region(embeds.device):
             return F.linear(as_float(embeds), weight, bias)
-
-
-class QuickGELU(nn.Module):
-    """x * sigmoid(1.702 x), the GELU approximation of CLIP."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
 
 
 def attention_heads(width: int, head_width: int = 64) -> int:
