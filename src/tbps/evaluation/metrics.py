@@ -464,8 +464,7 @@ def retrieval_metrics_from_embeddings(
     shape = (queries.shape[0], gallery.shape[0])
 
     def similarity_rows(rows: torch.Tensor, scratch: _Scratch) -> torch.Tensor:
-        contiguous = _as_range(rows)
-        q = queries[rows if contiguous is None else contiguous]
+        q = queries[rows]  # (c, D): a small copy
         out = scratch.get("similarity", q.shape[0] * shape[1], torch.float32)
         return torch.matmul(q, gallery.t(), out=out.view(q.shape[0], shape[1]))
 
